@@ -14,3 +14,4 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod serve;

@@ -1,1 +1,57 @@
-fn main() {}
+//! The `switchyard` binary: parses the command line and hands off to the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Edge proxy and control plane for moving live traffic between infrastructures.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy: route by host and path, reload on file change or SIGHUP.
+    Serve(switchyard::serve::ServeArgs),
+    /// Compile route files and print every error and warning; exit 1 on errors.
+    Check(switchyard::cli::CheckArgs),
+    /// Run a self-contained demo: two origins and the proxy on loopback.
+    Demo,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => switchyard::cli::check(&args),
+        Command::Serve(args) => {
+            init_tracing();
+            exit(switchyard::serve::run(args))
+        }
+        Command::Demo => {
+            init_tracing();
+            exit(switchyard::serve::demo::run())
+        }
+    }
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

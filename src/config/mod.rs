@@ -254,7 +254,11 @@ impl TableDoc {
 
     /// Label of the source route `i` came from (`?` if unknown).
     pub fn route_origin(&self, i: usize) -> &str {
-        self.origins.routes.get(i).map(String::as_str).unwrap_or("?")
+        self.origins
+            .routes
+            .get(i)
+            .map(String::as_str)
+            .unwrap_or("?")
     }
 
     /// Label of the source upstream `name` came from.
@@ -365,7 +369,9 @@ pub fn load_path(path: &Path) -> Result<TableDoc, Vec<LoadError>> {
     let mut doc = TableDoc::default();
     for (label, file, t) in parsed {
         if let Some(dir) = file.parent() {
-            doc.origins.base_dirs.insert(label.clone(), dir.to_path_buf());
+            doc.origins
+                .base_dirs
+                .insert(label.clone(), dir.to_path_buf());
         }
         if let Some(p) = t.proxy {
             if let Some(prev) = &doc.origins.proxy {
@@ -429,7 +435,11 @@ mod tests {
 
     #[test]
     fn json_and_toml_agree() {
-        let t = parse_toml("x", "[upstreams.a]\naddrs=['h:1']\n[[routes]]\nid='r'\npath='/*'\nto='a'\n").unwrap();
+        let t = parse_toml(
+            "x",
+            "[upstreams.a]\naddrs=['h:1']\n[[routes]]\nid='r'\npath='/*'\nto='a'\n",
+        )
+        .unwrap();
         let j = serde_json::to_string(&t).unwrap();
         assert_eq!(parse_any("y", &j).unwrap(), t);
     }

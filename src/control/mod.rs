@@ -1,1 +1,1 @@
-//! control
+//! Control plane (AWS): filled in by the control-plane work.

@@ -1,1 +1,168 @@
-//! metrics
+//! Every Prometheus metric switchyard exports, registered in one place. Labels are bounded:
+//! route ids, upstream names, status classes and fixed reasons, never raw paths or addresses.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The process's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    /// `switchyard_requests_total{route,upstream,code}`; `code` is `1xx`..`5xx`.
+    pub requests: IntCounterVec,
+    /// `switchyard_request_duration_seconds{route,upstream}`.
+    pub duration: HistogramVec,
+    /// `switchyard_route_table_version`.
+    pub table_version: IntGauge,
+    /// `switchyard_reloads_total{result}`; `result` is `ok` or `error`.
+    pub reloads: IntCounterVec,
+    /// `switchyard_upstream_healthy{upstream}`: 1 healthy, 0 unhealthy (active checks).
+    pub upstream_healthy: IntGaugeVec,
+    /// `switchyard_upstream_ejections_total{upstream}`: passive outlier ejections.
+    pub ejections: IntCounterVec,
+    /// `switchyard_fallbacks_total{route,from,to,reason}`.
+    pub fallbacks: IntCounterVec,
+    /// `switchyard_access_log_dropped_total`: lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Status class label values, indexed by `status / 100 - 1` (anything else counts as `5xx`).
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`CODE_CLASSES`] for a status code.
+#[inline]
+pub fn code_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_requests_total",
+                "Requests answered, by route, upstream and status class.",
+            ),
+            &["route", "upstream", "code"],
+        )
+        .expect("static metric definition");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from request start to the end of the response.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route", "upstream"],
+        )
+        .expect("static metric definition");
+        let table_version = IntGauge::new(
+            "switchyard_route_table_version",
+            "Version of the live route table.",
+        )
+        .expect("static metric definition");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "switchyard_reloads_total",
+                "Route table reloads from files, by result.",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_upstream_healthy",
+                "1 when the upstream passes its active health checks.",
+            ),
+            &["upstream"],
+        )
+        .expect("static metric definition");
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_ejections_total",
+                "Passive outlier ejections.",
+            ),
+            &["upstream"],
+        )
+        .expect("static metric definition");
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "switchyard_fallbacks_total",
+                "Requests moved from one upstream to another.",
+            ),
+            &["route", "from", "to", "reason"],
+        )
+        .expect("static metric definition");
+        let access_log_dropped = IntCounter::new(
+            "switchyard_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind.",
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(table_version.clone()),
+            Box::new(reloads.clone()),
+            Box::new(upstream_healthy.clone()),
+            Box::new(ejections.clone()),
+            Box::new(fallbacks.clone()),
+            Box::new(access_log_dropped.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            table_version,
+            reloads,
+            upstream_healthy,
+            ejections,
+            fallbacks,
+            access_log_dropped,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Handles for one route/upstream pair, so the request path does no label lookups.
+    pub fn pair(&self, route: &str, upstream: &str) -> PairStats {
+        PairStats {
+            codes: CODE_CLASSES.map(|c| self.requests.with_label_values(&[route, upstream, c])),
+            duration: self.duration.with_label_values(&[route, upstream]),
+        }
+    }
+}
+
+/// Resolved counters for one route/upstream pair; cached per table in the route.
+#[derive(Clone)]
+pub struct PairStats {
+    pub codes: [IntCounter; 5],
+    pub duration: Histogram,
+}
+
+impl std::fmt::Debug for PairStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PairStats")
+    }
+}

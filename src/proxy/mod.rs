@@ -1,1 +1,588 @@
-//! proxy
+//! The pingora `ProxyHttp` implementation. Phase methods stay thin: they gather what the
+//! request carries and call the pure functions in [`decide`].
+//!
+//! Per request: `request_filter` takes one table snapshot, matches the route, waits out a hold
+//! and fixes the order of preference over upstreams; `upstream_peer` picks the first available
+//! one; failures (`fail_to_connect`, `error_while_proxy`, a 5xx in `upstream_response_filter`)
+//! decide whether to move to the next; `logging` records metrics and the access log.
+
+pub mod decide;
+pub mod hold;
+pub mod log;
+pub mod resolve;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::metrics::{code_class, PairStats, METRICS};
+use crate::routing::table::{HostHeader, RouteTable};
+use crate::routing::TableStore;
+use decide::{FallbackReason, Order, Steering};
+use hold::HOLDS;
+
+/// Header naming the upstream that answered (request header name for overrides by default).
+pub const UPSTREAM_HEADER: &str = "x-switchyard-upstream";
+/// Request header carrying the override secret.
+pub const SECRET_HEADER: &str = "x-switchyard-secret";
+
+static NO_ROUTE_STATS: LazyLock<PairStats> = LazyLock::new(|| METRICS.pair("none", "none"));
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+];
+
+/// The proxy service.
+pub struct Proxy {
+    pub store: Arc<TableStore>,
+    pub access_log: Option<log::AccessLog>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    table: Option<Arc<RouteTable>>,
+    route: Option<usize>,
+    order: Order,
+    /// Position in `order` of the current attempt.
+    pos: usize,
+    /// Upstream index of the current attempt.
+    upstream: Option<usize>,
+    /// Picked by the override header: no fallback.
+    forced: bool,
+    /// Why the next attempt moves on (set by a failure handler).
+    pending: Option<(usize, FallbackReason)>,
+    /// First fallback this request took, for the access log.
+    fell_back: Option<FallbackReason>,
+    body_bytes: usize,
+    body_over_limit: bool,
+    /// Status sent by `fail_to_proxy` or the 404 path.
+    status: u16,
+    counted_inflight: bool,
+}
+
+impl Ctx {
+    fn table(&self) -> Result<&Arc<RouteTable>> {
+        self.table
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route table in context"))
+    }
+}
+
+/// The Host the client asked for: lowercase, without port.
+fn request_host(req: &RequestHeader) -> std::borrow::Cow<'_, str> {
+    let raw = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("");
+    let host = match raw.rfind(':') {
+        Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            &raw[..i]
+        }
+        _ => raw,
+    };
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+fn json_error(msg: &str, route: Option<&str>) -> Bytes {
+    let v = match route {
+        Some(r) => serde_json::json!({ "error": msg, "route": r }),
+        None => serde_json::json!({ "error": msg }),
+    };
+    Bytes::from(format!("{v}\n"))
+}
+
+async fn respond(session: &mut Session, status: u16, body: Bytes, keepalive: bool) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    if keepalive {
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    } else {
+        session
+            .as_downstream_mut()
+            .write_error_response(resp, body)
+            .await
+    }
+}
+
+impl Proxy {
+    /// Matches the request against `table`; fills the route and the order of preference.
+    fn route_request(&self, session: &Session, ctx: &mut Ctx, table: Arc<RouteTable>) {
+        let req = session.req_header();
+        let host = request_host(req);
+        let route = table.match_request(&host, req.uri.path().as_bytes(), &req.method);
+        ctx.route = route;
+        if let Some(ri) = route {
+            let r = &table.routes[ri];
+            let headers = &req.headers;
+            let get = |name: &str| headers.get(name).map(|v| v.as_bytes());
+            let client_ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string());
+            let steering = Steering {
+                override_name: table.proxy.override_header.as_deref().and_then(get),
+                override_secret: get(SECRET_HEADER),
+                cookies: get("cookie"),
+                header: &get,
+                client_ip: client_ip.as_deref(),
+                random_bucket: rand::random_range(0..crate::routing::split::BUCKETS),
+            };
+            let (order, forced) = decide::preference(&table, r, &steering);
+            ctx.order = order;
+            ctx.forced = forced;
+        }
+        ctx.table = Some(table);
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            table: None,
+            route: None,
+            order: Order::default(),
+            pos: 0,
+            upstream: None,
+            forced: false,
+            pending: None,
+            fell_back: None,
+            body_bytes: 0,
+            body_over_limit: false,
+            status: 0,
+            counted_inflight: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        self.route_request(session, ctx, self.store.load());
+        let Some(ri) = ctx.route else {
+            ctx.status = 404;
+            respond(
+                session,
+                404,
+                json_error("no route matches this request", None),
+                true,
+            )
+            .await?;
+            return Ok(true);
+        };
+        let table = ctx.table()?.clone();
+        let waited = HOLDS.wait(&table.routes[ri].id).await;
+        if !waited.is_zero() {
+            // Held: proceed on the table that is current now, not the one we started with.
+            self.route_request(session, ctx, self.store.load());
+            if ctx.route.is_none() {
+                ctx.status = 404;
+                respond(
+                    session,
+                    404,
+                    json_error("no route matches this request", None),
+                    true,
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        let table = ctx.table()?;
+        if let Some(ri) = ctx.route {
+            table.routes[ri].inflight.fetch_add(1, Ordering::Relaxed);
+            ctx.counted_inflight = true;
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(b), Some(ri), Some(t)) = (body.as_ref(), ctx.route, ctx.table.as_ref()) {
+            ctx.body_bytes += b.len();
+            if ctx.body_bytes > t.routes[ri].retry_buffer_bytes {
+                ctx.body_over_limit = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let table = ctx.table()?.clone();
+        let ri = ctx
+            .route
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let route = &table.routes[ri];
+        let (pos, skipped) =
+            decide::next_available(&ctx.order, ctx.pos, |u| table.upstreams[u].state.check())
+                .ok_or_else(|| {
+                    Error::explain(ErrorType::ConnectNoRoute, "no upstream left to try")
+                })?;
+        let u = ctx.order.get(pos).unwrap_or(0);
+        // Count the move from the request's previous choice, if it moved.
+        let moved_from = ctx
+            .pending
+            .take()
+            .or_else(|| skipped.map(|r| (ctx.order.get(ctx.pos).unwrap_or(u), r)));
+        if let Some((from, reason)) = moved_from {
+            if from != u || reason == FallbackReason::AllDown {
+                let reason = if skipped == Some(FallbackReason::AllDown) {
+                    FallbackReason::AllDown
+                } else {
+                    reason
+                };
+                METRICS
+                    .fallbacks
+                    .with_label_values(&[
+                        &route.id,
+                        &table.upstreams[from].name,
+                        &table.upstreams[u].name,
+                        reason.as_str(),
+                    ])
+                    .inc();
+                ctx.fell_back.get_or_insert(reason);
+                if reason == FallbackReason::AllDown {
+                    tracing::warn!(route = %route.id, upstream = %table.upstreams[u].name, "every upstream of the route is down; trying anyway");
+                }
+            }
+        }
+        ctx.pos = pos;
+        ctx.upstream = Some(u);
+        let up = &table.upstreams[u];
+        let addr = resolve::resolve(up.next_addr()).await?;
+        let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(up.connect_timeout);
+        o.total_connection_timeout = Some(up.connect_timeout);
+        o.read_timeout = Some(up.read_timeout);
+        o.write_timeout = Some(up.read_timeout);
+        o.idle_timeout = Some(Duration::from_secs(60));
+        o.ca = up.ca.clone();
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) else {
+            return Ok(());
+        };
+        let up = &table.upstreams[u];
+        let client_host = request_host(session.req_header()).into_owned();
+        if let HostHeader::Fixed(h) = &up.host {
+            req.insert_header(header::HOST, h.as_str())?;
+        }
+        if let Some(path) = decide::rewrite_path(
+            req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            up.strip_prefix.as_deref(),
+            up.path_prefix.as_deref(),
+        ) {
+            let uri = http::Uri::try_from(path)
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewriting path", e))?;
+            req.set_uri(uri);
+        }
+        strip_hop_by_hop_request(req);
+        req.remove_header(SECRET_HEADER);
+        if let Some(h) = &table.proxy.override_header {
+            req.remove_header(h.as_str());
+        }
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let xff = match req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+                _ => ip.to_string(),
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+        }
+        req.insert_header("x-forwarded-proto", "http")?;
+        if !client_host.is_empty() {
+            req.insert_header("x-forwarded-host", client_host)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(table), Some(u), Some(ri)) = (ctx.table.clone(), ctx.upstream, ctx.route) else {
+            return Ok(());
+        };
+        let up = &table.upstreams[u];
+        let status = resp.status.as_u16();
+        if status >= 500 && up.outlier.count_5xx {
+            up.state.record_failure(&up.outlier);
+        } else {
+            up.state.record_success();
+        }
+        if status >= 500 && !ctx.forced && ctx.pos + 1 < ctx.order.len() {
+            let route = &table.routes[ri];
+            let whole = !ctx.body_over_limit && !session.as_ref().retry_buffer_truncated();
+            if decide::may_replay(&session.req_header().method, true, whole, route) {
+                ctx.pending = Some((u, FallbackReason::Status5xx));
+                ctx.pos += 1;
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "upstream answered 5xx; trying the fallback",
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
+        if status != 101 {
+            resp.remove_header(&header::CONNECTION);
+            resp.remove_header("keep-alive");
+            resp.remove_header("proxy-connection");
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) {
+            if table.proxy.response_header {
+                resp.insert_header(UPSTREAM_HEADER, &*table.upstreams[u].name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(table) = ctx.table.clone() else {
+            return e;
+        };
+        if let Some(u) = ctx.upstream {
+            let up = &table.upstreams[u];
+            up.state.record_failure(&up.outlier);
+            let reason = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+                FallbackReason::Timeout
+            } else {
+                FallbackReason::ConnectError
+            };
+            // Nothing was sent: always safe to move on, unless a tester forced this upstream.
+            let _ = session;
+            if !ctx.forced && ctx.pos + 1 < ctx.order.len() {
+                ctx.pending = Some((u, reason));
+                ctx.pos += 1;
+                e.set_retry(true);
+            } else {
+                e.set_retry(false);
+            }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!(
+            "upstream {}",
+            ctx.upstream
+                .and_then(|u| ctx.table.as_ref().map(|t| t.upstreams[u].name.clone()))
+                .unwrap_or_default()
+        ));
+        let _ = peer;
+        // Our own 5xx signal from upstream_response_filter: already decided.
+        if matches!(e.etype(), ErrorType::HTTPStatus(_))
+            && matches!(ctx.pending, Some((_, FallbackReason::Status5xx)))
+        {
+            e.set_retry(true);
+            return e;
+        }
+        let (Some(table), Some(ri), Some(u)) = (ctx.table.clone(), ctx.route, ctx.upstream) else {
+            e.set_retry(false);
+            return e;
+        };
+        let route = &table.routes[ri];
+        let whole = !ctx.body_over_limit && !session.as_ref().retry_buffer_truncated();
+        let headers_sent = session.response_written().is_some();
+        let replayable =
+            !headers_sent && decide::may_replay(&session.req_header().method, true, whole, route);
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        if *e.esource() == ErrorSource::Upstream && timed_out {
+            let up = &table.upstreams[u];
+            up.state.record_failure(&up.outlier);
+            if replayable && !ctx.forced && ctx.pos + 1 < ctx.order.len() {
+                ctx.pending = Some((u, FallbackReason::Timeout));
+                ctx.pos += 1;
+                e.set_retry(true);
+            } else {
+                e.set_retry(false);
+            }
+        } else if replayable && *e.esource() == ErrorSource::Upstream {
+            // A pooled connection the upstream had closed: retry the same upstream once.
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (code, msg) = match e.etype() {
+            ErrorType::HTTPStatus(c) => (*c, "upstream error"),
+            ErrorType::ConnectTimedout => (504, "upstream connect timed out"),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => (504, "upstream timed out"),
+            ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError => (502, "upstream TLS handshake failed"),
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::BindError
+            | ErrorType::SocketError => (502, "could not connect to upstream"),
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "bad response from upstream"),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, "")
+                    }
+                    _ => (400, "bad request"),
+                },
+                _ => (500, "internal error"),
+            },
+        };
+        if code > 0 {
+            let route = ctx
+                .route
+                .and_then(|ri| ctx.table.as_ref().map(|t| t.routes[ri].id.clone()));
+            let _ = respond(session, code, json_error(msg, route.as_deref()), false).await;
+        }
+        ctx.status = code;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .filter(|&s| s != 0)
+            .unwrap_or(ctx.status);
+        let elapsed = ctx.start.elapsed();
+        let table = ctx.table.as_ref();
+        let route = ctx.route.and_then(|ri| table.map(|t| &t.routes[ri]));
+        let upstream = ctx.upstream.and_then(|u| table.map(|t| &t.upstreams[u]));
+        if let Some(r) = route {
+            if ctx.counted_inflight {
+                r.inflight.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let stats = match (route, ctx.upstream, upstream) {
+            (Some(r), Some(ui), Some(u)) => r.stats(ui, &u.name),
+            _ => &NO_ROUTE_STATS,
+        };
+        stats.codes[code_class(status)].inc();
+        stats.duration.observe(elapsed.as_secs_f64());
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            let host = request_host(req);
+            log.write(&log::Entry {
+                time: log::now_rfc3339(),
+                method: req.method.as_str(),
+                host: &host,
+                path: req.uri.path(),
+                route: route.map_or("", |r| &r.id),
+                upstream: upstream.map_or("", |u| &u.name),
+                status,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                table_version: table.map_or(0, |t| t.version),
+                fallback: ctx.fell_back.map(FallbackReason::as_str),
+                error: e.map(|e| e.etype().as_str().to_string()),
+            });
+        }
+    }
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names, keeping a
+/// WebSocket-style upgrade intact.
+fn strip_hop_by_hop_request(req: &mut RequestHeader) {
+    let conn: Vec<String> = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let upgrade = conn.iter().any(|t| t == "upgrade") && req.headers.contains_key(header::UPGRADE);
+    for name in &conn {
+        if name == "upgrade" || name == "close" {
+            continue;
+        }
+        if let Ok(h) = HeaderName::from_bytes(name.as_bytes()) {
+            if h != header::CONTENT_LENGTH && h != header::TRANSFER_ENCODING && h != header::HOST {
+                req.remove_header(&h);
+            }
+        }
+    }
+    for h in HOP_BY_HOP {
+        req.remove_header(h);
+    }
+    if !upgrade {
+        req.remove_header(&header::CONNECTION);
+        req.remove_header(&header::UPGRADE);
+    }
+}

@@ -1,4 +1,13 @@
 //! Routing: path patterns, the compiled route table, the matcher index, splits, and the store
 //! that swaps tables atomically.
 
+pub mod compile;
+pub mod matcher;
 pub mod pattern;
+pub mod split;
+pub mod store;
+pub mod table;
+
+pub use compile::{compile, Compiled, Diagnostic, Severity};
+pub use store::TableStore;
+pub use table::{RouteTable, Source};

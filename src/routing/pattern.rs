@@ -29,7 +29,11 @@ pub enum PatternError {
     #[error("path pattern is empty")]
     Empty,
     #[error("path pattern {pattern:?} has {ch:?} at byte {at}; CloudFront allows A-Z a-z 0-9 _ - . * $ / ~ \" ' @ : + & ? and %")]
-    BadChar { pattern: String, ch: char, at: usize },
+    BadChar {
+        pattern: String,
+        ch: char,
+        at: usize,
+    },
     #[error("path pattern is {len} characters; CloudFront's limit is 255")]
     TooLong { len: usize },
 }
@@ -44,8 +48,15 @@ impl Pattern {
         if src.len() > 255 {
             return Err(PatternError::TooLong { len: src.len() });
         }
-        if let Some((at, ch)) = src.char_indices().find(|&(_, c)| !c.is_ascii() || !allowed(c as u8)) {
-            return Err(PatternError::BadChar { pattern: src.to_string(), ch, at });
+        if let Some((at, ch)) = src
+            .char_indices()
+            .find(|&(_, c)| !c.is_ascii() || !allowed(c as u8))
+        {
+            return Err(PatternError::BadChar {
+                pattern: src.to_string(),
+                ch,
+                at,
+            });
         }
         let source = if src.starts_with('/') || src.starts_with('*') {
             src.to_string()
@@ -223,9 +234,18 @@ mod tests {
     #[test]
     fn bad_patterns() {
         assert_eq!(Pattern::parse(""), Err(PatternError::Empty));
-        assert!(matches!(Pattern::parse("/a b"), Err(PatternError::BadChar { ch: ' ', .. })));
-        assert!(matches!(Pattern::parse("/a#"), Err(PatternError::BadChar { .. })));
-        assert!(matches!(Pattern::parse(&"a".repeat(300)), Err(PatternError::TooLong { .. })));
+        assert!(matches!(
+            Pattern::parse("/a b"),
+            Err(PatternError::BadChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            Pattern::parse("/a#"),
+            Err(PatternError::BadChar { .. })
+        ));
+        assert!(matches!(
+            Pattern::parse(&"a".repeat(300)),
+            Err(PatternError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! Active health checks (filled in by the canary/fallback work).
