@@ -13,8 +13,10 @@ use pingora::{Error, ErrorType, Result};
 /// How long a lookup is reused.
 const TTL: Duration = Duration::from_secs(30);
 
-static CACHE: LazyLock<RwLock<HashMap<String, (Instant, Vec<SocketAddr>)>>> =
-    LazyLock::new(Default::default);
+/// Lookups by `host:port`: when made, and what they returned.
+type Cache = RwLock<HashMap<String, (Instant, Vec<SocketAddr>)>>;
+
+static CACHE: LazyLock<Cache> = LazyLock::new(Default::default);
 
 /// Resolves `host:port` (as validated by the compiler) to one socket address, rotating through
 /// the addresses a name resolves to.
