@@ -263,11 +263,14 @@ impl Proxy {
                 &addr.to_string(),
                 "--admin",
                 &admin.to_string(),
-                "--access-log",
-                "off",
                 "--threads",
                 "2",
             ])
+            .args(if extra.contains(&"--access-log") {
+                &[][..]
+            } else {
+                &["--access-log", "off"][..]
+            })
             .args(extra)
             .env("SWITCHYARD_LOG", "warn")
             .stdout(Stdio::null())
