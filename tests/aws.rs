@@ -509,7 +509,12 @@ async fn apigw_deployments_and_rollback_on_moto() {
     // Newest first, the active one marked.
     let list = run(&["deployments"]).await;
     list.ok();
-    let rows: Vec<&str> = list.stdout.lines().filter(|l| ids.iter().any(|i| l.contains(i.as_str()))).collect();
+    let rows: Vec<&str> = list
+        .stdout
+        .lines()
+        .skip(2)
+        .filter(|l| ids.iter().any(|i| l.contains(i.as_str())))
+        .collect();
     assert_eq!(rows.len(), 3, "{}", list.stdout);
     assert!(rows[0].starts_with('*') && rows[0].contains(&ids[2]) && rows[0].contains("v3"), "{}", list.stdout);
     assert!(rows[1].contains(&ids[1]) && !rows[1].starts_with('*'), "{}", list.stdout);

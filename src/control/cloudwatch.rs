@@ -214,8 +214,9 @@ type Series = Vec<(i64, f64)>;
 
 /// Runs GetMetricData over `[now - window, now)` and returns each query's datapoints by id.
 async fn fetch(client: &Client, queries: Vec<MetricDataQuery>, window: Duration) -> Result<(BTreeMap<String, Series>, i64, i64)> {
-    let end = DateTime::from(std::time::SystemTime::now());
-    let end_secs = end.secs();
+    // Round the end up to the next second, so a datapoint stamped "now" is inside the window.
+    let now = DateTime::from(std::time::SystemTime::now());
+    let end_secs = now.secs() + i64::from(now.subsec_nanos() > 0);
     let start_secs = end_secs - i64::try_from(window.as_secs()).unwrap_or(i64::MAX / 2);
     let mut out: BTreeMap<String, Series> = BTreeMap::new();
     let mut token: Option<String> = None;
@@ -643,13 +644,17 @@ pub async fn run(args: Args) -> Result<Output> {
             let conf = aws::load(&args.aws).await;
             let client = Client::new(&conf);
             let (data, _, _) = fetch(&client, queries, window).await?;
-            let sum = |id: &str| data.get(id).map(|s| s.iter().map(|(_, v)| v).sum::<f64>());
-            let requests = sum("requests").unwrap_or(0.0);
-            let errors = sum("errors").unwrap_or(0.0);
+            // fold from +0.0: `sum` of no floats is -0.0, which would print as "-0".
+            let sum = |id: &str| {
+                data.get(id)
+                    .map_or(0.0, |s| s.iter().fold(0.0, |acc, (_, v)| acc + v))
+            };
+            let requests = sum("requests");
+            let errors = sum("errors");
             let latency = data
                 .get("latency")
                 .filter(|s| !s.is_empty())
-                .map(|s| s.iter().map(|(_, v)| v).sum::<f64>() / s.len() as f64);
+                .map(|s| s.iter().fold(0.0, |acc, (_, v)| acc + v) / s.len() as f64);
             let (pass, rate, reasons) =
                 judge(requests, errors, latency, max_error_rate, max_latency_ms, min_requests);
             let g = GateResult {

@@ -381,7 +381,9 @@ impl R53 {
         let info = out
             .change_info
             .ok_or_else(|| DnsError::Build("ChangeResourceRecordSets returned no ChangeInfo".into()))?;
-        Ok((info.id, smithy_to_time(&info.submitted_at), info.status))
+        // Route53 answers `/change/C...`; the bare id is what people paste into GetChange.
+        let id = info.id.trim_start_matches("/change/").to_string();
+        Ok((id, smithy_to_time(&info.submitted_at), info.status))
     }
 
     async fn change_status(&self, id: &str) -> std::result::Result<ChangeStatus, AwsError> {
