@@ -169,13 +169,26 @@ to = "new"
 async fn cloudfront_plan_apply_dry_run_and_refusals_on_moto() {
     let m = moto();
     let home = tempfile::tempdir().unwrap();
-    let id = create_distribution(m, &[("/api/*", "old"), ("/static/*", "static"), ("/legacy/*", "old")]).await;
+    let id = create_distribution(
+        m,
+        &[
+            ("/api/*", "old"),
+            ("/static/*", "static"),
+            ("/legacy/*", "old"),
+        ],
+    )
+    .await;
     let routes = home.path().join("routes.toml");
     std::fs::write(&routes, ROUTES).unwrap();
     let r = routes.to_str().unwrap();
 
     // plan: readable, in route order, with every kind of change and the split note.
-    let plan = switchyard(m, home.path(), &["cloudfront", "plan", "--distribution", &id, "--routes", r]).await;
+    let plan = switchyard(
+        m,
+        home.path(),
+        &["cloudfront", "plan", "--distribution", &id, "--routes", r],
+    )
+    .await;
     plan.ok();
     let lines: Vec<&str> = plan.stdout.lines().collect();
     assert!(lines[0].contains("5 changes"), "{}", plan.stdout);
@@ -185,13 +198,38 @@ async fn cloudfront_plan_apply_dry_run_and_refusals_on_moto() {
             .find(|l| l.split_whitespace().nth(1) == Some(pat))
             .unwrap_or_else(|| panic!("no row for {pat}:\n{}", plan.stdout))
     };
-    assert!(row("/static/*").starts_with('1') && row("/static/*").contains("moved (was #2)"), "{}", plan.stdout);
-    assert!(row("/api/*").starts_with('2') && row("/api/*").contains("old -> new"), "{}", plan.stdout);
+    assert!(
+        row("/static/*").starts_with('1') && row("/static/*").contains("moved (was #2)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        row("/api/*").starts_with('2') && row("/api/*").contains("old -> new"),
+        "{}",
+        plan.stdout
+    );
     assert!(row("/v2/*").contains("added"), "{}", plan.stdout);
-    assert!(row("/legacy/*").contains("removed (was #3)"), "{}", plan.stdout);
+    assert!(
+        row("/legacy/*").contains("removed (was #3)"),
+        "{}",
+        plan.stdout
+    );
     assert!(plan.stdout.contains("largest arm"), "{}", plan.stdout);
 
-    let pj = switchyard(m, home.path(), &["cloudfront", "plan", "--distribution", &id, "--routes", r, "--json"]).await;
+    let pj = switchyard(
+        m,
+        home.path(),
+        &[
+            "cloudfront",
+            "plan",
+            "--distribution",
+            &id,
+            "--routes",
+            r,
+            "--json",
+        ],
+    )
+    .await;
     let pj = pj.ok().json();
     assert_eq!(pj["changes"], 5);
     assert_eq!(pj["behaviors"][1]["action"], "changed");
@@ -201,23 +239,60 @@ async fn cloudfront_plan_apply_dry_run_and_refusals_on_moto() {
 
     // --dry-run changes nothing.
     let before = behaviors(m, &id).await;
-    switchyard(m, home.path(), &["cloudfront", "apply", "--distribution", &id, "--routes", r, "--dry-run"])
-        .await
-        .ok();
+    switchyard(
+        m,
+        home.path(),
+        &[
+            "cloudfront",
+            "apply",
+            "--distribution",
+            &id,
+            "--routes",
+            r,
+            "--dry-run",
+        ],
+    )
+    .await
+    .ok();
     assert_eq!(behaviors(m, &id).await, before);
 
     // An origin the distribution does not have is refused, in one line, before any update.
     let bad = home.path().join("bad.toml");
-    std::fs::write(&bad, "[[routes]]\nid = \"x\"\npath = \"/x/*\"\nto = \"nowhere\"\n").unwrap();
-    let refused = switchyard(m, home.path(), &["cloudfront", "apply", "--distribution", &id, "--routes", bad.to_str().unwrap()]).await;
+    std::fs::write(
+        &bad,
+        "[[routes]]\nid = \"x\"\npath = \"/x/*\"\nto = \"nowhere\"\n",
+    )
+    .unwrap();
+    let refused = switchyard(
+        m,
+        home.path(),
+        &[
+            "cloudfront",
+            "apply",
+            "--distribution",
+            &id,
+            "--routes",
+            bad.to_str().unwrap(),
+        ],
+    )
+    .await;
     refused.expect_code(2);
     assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
-    assert!(refused.stderr.contains("\"nowhere\" is not an origin"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("\"nowhere\" is not an origin"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(behaviors(m, &id).await, before);
 
     // apply: targets, order and presence change; everything else of kept behaviors stays;
     // the new behavior copies the default behavior's settings.
-    let applied = switchyard(m, home.path(), &["cloudfront", "apply", "--distribution", &id, "--routes", r]).await;
+    let applied = switchyard(
+        m,
+        home.path(),
+        &["cloudfront", "apply", "--distribution", &id, "--routes", r],
+    )
+    .await;
     applied.ok();
     assert!(applied.stdout.contains("applied"), "{}", applied.stdout);
     let (after, default) = behaviors(m, &id).await;
@@ -230,53 +305,148 @@ async fn cloudfront_plan_apply_dry_run_and_refusals_on_moto() {
         ]
     );
     assert_eq!(default.target_origin_id, "new");
-    assert_eq!(after[1].min_ttl, Some(5), "kept from the existing /api/* behavior");
-    assert_eq!(after[1].viewer_protocol_policy, ViewerProtocolPolicy::AllowAll);
-    assert_eq!(after[2].min_ttl, Some(42), "copied from the default behavior");
-    assert_eq!(after[2].viewer_protocol_policy, ViewerProtocolPolicy::RedirectToHttps);
+    assert_eq!(
+        after[1].min_ttl,
+        Some(5),
+        "kept from the existing /api/* behavior"
+    );
+    assert_eq!(
+        after[1].viewer_protocol_policy,
+        ViewerProtocolPolicy::AllowAll
+    );
+    assert_eq!(
+        after[2].min_ttl,
+        Some(42),
+        "copied from the default behavior"
+    );
+    assert_eq!(
+        after[2].viewer_protocol_policy,
+        ViewerProtocolPolicy::RedirectToHttps
+    );
 
     // Applying again is a no-op.
-    let again = switchyard(m, home.path(), &["cloudfront", "apply", "--distribution", &id, "--routes", r]).await;
-    assert!(again.ok().stdout.contains("nothing to change"), "{}", again.stdout);
+    let again = switchyard(
+        m,
+        home.path(),
+        &["cloudfront", "apply", "--distribution", &id, "--routes", r],
+    )
+    .await;
+    assert!(
+        again.ok().stdout.contains("nothing to change"),
+        "{}",
+        again.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudfront_rollback_touches_one_behavior_and_export_round_trips() {
     let m = moto();
     let home = tempfile::tempdir().unwrap();
-    let id = create_distribution(m, &[("/api/*", "new"), ("/img/*", "static"), ("/v2/*", "new")]).await;
+    let id = create_distribution(
+        m,
+        &[("/api/*", "new"), ("/img/*", "static"), ("/v2/*", "new")],
+    )
+    .await;
     let (before, _) = behaviors(m, &id).await;
 
-    let dry = switchyard(m, home.path(), &["cloudfront", "rollback", "--distribution", &id, "--path", "/api/*", "--dry-run"]).await;
+    let dry = switchyard(
+        m,
+        home.path(),
+        &[
+            "cloudfront",
+            "rollback",
+            "--distribution",
+            &id,
+            "--path",
+            "/api/*",
+            "--dry-run",
+        ],
+    )
+    .await;
     assert!(dry.ok().stdout.contains("dry run"), "{}", dry.stdout);
     assert_eq!(behaviors(m, &id).await.0, before);
 
-    switchyard(m, home.path(), &["cloudfront", "rollback", "--distribution", &id, "--path", "/api/*"])
-        .await
-        .ok();
+    switchyard(
+        m,
+        home.path(),
+        &[
+            "cloudfront",
+            "rollback",
+            "--distribution",
+            &id,
+            "--path",
+            "/api/*",
+        ],
+    )
+    .await
+    .ok();
     let (after, _) = behaviors(m, &id).await;
     assert_eq!(after.len(), 3);
-    assert_eq!(after[0].target_origin_id, "old", "back to the default origin");
+    assert_eq!(
+        after[0].target_origin_id, "old",
+        "back to the default origin"
+    );
     let mut expect0 = before[0].clone();
     expect0.target_origin_id = "old".into();
     assert_eq!(after[0], expect0, "only the target changed");
     assert_eq!(after[1..], before[1..], "other behaviors identical");
 
-    let unknown = switchyard(m, home.path(), &["cloudfront", "rollback", "--distribution", &id, "--path", "/nope/*"]).await;
+    let unknown = switchyard(
+        m,
+        home.path(),
+        &[
+            "cloudfront",
+            "rollback",
+            "--distribution",
+            &id,
+            "--path",
+            "/nope/*",
+        ],
+    )
+    .await;
     unknown.expect_code(2);
-    assert!(unknown.stderr.contains("no behavior with path pattern \"/nope/*\""), "{}", unknown.stderr);
+    assert!(
+        unknown
+            .stderr
+            .contains("no behavior with path pattern \"/nope/*\""),
+        "{}",
+        unknown.stderr
+    );
 
-    switchyard(m, home.path(), &["cloudfront", "rollback", "--distribution", &id, "--path", "/v2/*", "--remove"])
-        .await
-        .ok();
+    switchyard(
+        m,
+        home.path(),
+        &[
+            "cloudfront",
+            "rollback",
+            "--distribution",
+            &id,
+            "--path",
+            "/v2/*",
+            "--remove",
+        ],
+    )
+    .await
+    .ok();
     let (after2, _) = behaviors(m, &id).await;
     assert_eq!(after2[..], after[..2], "only /v2/* removed");
 
     // export -> a route file config::load_path accepts, mirroring the behaviors.
     let out = home.path().join("exported.toml");
-    switchyard(m, home.path(), &["cloudfront", "export", "--distribution", &id, "--out", out.to_str().unwrap()])
-        .await
-        .ok();
+    switchyard(
+        m,
+        home.path(),
+        &[
+            "cloudfront",
+            "export",
+            "--distribution",
+            &id,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await
+    .ok();
     let doc = switchyard::config::load_path(&out).expect("exported file loads");
     let t = doc.table;
     let routes: Vec<(&str, &str, &str)> = t
@@ -286,7 +456,11 @@ async fn cloudfront_rollback_touches_one_behavior_and_export_round_trips() {
         .collect();
     assert_eq!(
         routes,
-        [("cf-api", "/api/*", "old"), ("cf-img", "/img/*", "static"), ("cf-default", "*", "old")]
+        [
+            ("cf-api", "/api/*", "old"),
+            ("cf-img", "/img/*", "static"),
+            ("cf-default", "*", "old")
+        ]
     );
     let new = &t.upstreams["new"];
     assert_eq!(new.addrs, ["new.example.com:443"]);
@@ -296,7 +470,20 @@ async fn cloudfront_rollback_touches_one_behavior_and_export_round_trips() {
     assert_eq!(t.upstreams["old"].path_prefix, None);
 
     // The exported table plans as "no changes" against the distribution it came from.
-    let plan = switchyard(m, home.path(), &["cloudfront", "plan", "--distribution", &id, "--routes", out.to_str().unwrap(), "--json"]).await;
+    let plan = switchyard(
+        m,
+        home.path(),
+        &[
+            "cloudfront",
+            "plan",
+            "--distribution",
+            &id,
+            "--routes",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(plan.ok().json()["changes"], 0);
 }
 
@@ -304,26 +491,70 @@ async fn cloudfront_rollback_touches_one_behavior_and_export_round_trips() {
 async fn a_failed_call_is_one_clear_line() {
     let m = moto();
     let home = tempfile::tempdir().unwrap();
-    let r = switchyard(m, home.path(), &["cloudfront", "export", "--distribution", "ENOSUCHDIST"]).await;
+    let r = switchyard(
+        m,
+        home.path(),
+        &["cloudfront", "export", "--distribution", "ENOSUCHDIST"],
+    )
+    .await;
     r.expect_code(2);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
-    assert!(r.stderr.starts_with("error: GetDistributionConfig: not found (NoSuchDistribution)"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("error: GetDistributionConfig: not found (NoSuchDistribution)"),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("testing"), "no secret in errors");
 
-    let r = switchyard(m, home.path(), &["dns", "status", "--zone", "ZNOSUCHZONE", "--name", "a.example.com"]).await;
+    let r = switchyard(
+        m,
+        home.path(),
+        &[
+            "dns",
+            "status",
+            "--zone",
+            "ZNOSUCHZONE",
+            "--name",
+            "a.example.com",
+        ],
+    )
+    .await;
     r.expect_code(2);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
-    assert!(r.stderr.contains("not found (NoSuchHostedZone)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not found (NoSuchHostedZone)"),
+        "{}",
+        r.stderr
+    );
 
     // Nothing listening: one line, after the SDK's retries.
     let dead = format!("http://127.0.0.1:{}", {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     });
-    let r = switchyard(&dead, home.path(), &["apigw", "deployments", "--api", "x", "--stage", "p", "--max-attempts", "2"]).await;
+    let r = switchyard(
+        &dead,
+        home.path(),
+        &[
+            "apigw",
+            "deployments",
+            "--api",
+            "x",
+            "--stage",
+            "p",
+            "--max-attempts",
+            "2",
+        ],
+    )
+    .await;
     r.expect_code(2);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
-    assert!(r.stderr.contains("GetStage: could not reach the endpoint"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("GetStage: could not reach the endpoint"),
+        "{}",
+        r.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -354,7 +585,19 @@ async fn cloudfront_stale_etag_with_a_changed_plan_stops() {
     let home = tempfile::tempdir().unwrap();
     let routes = home.path().join("r.toml");
     std::fs::write(&routes, API_TO_NEW).unwrap();
-    let r = switchyard(&f.url, home.path(), &["cloudfront", "apply", "--distribution", "EFAKE123", "--routes", routes.to_str().unwrap()]).await;
+    let r = switchyard(
+        &f.url,
+        home.path(),
+        &[
+            "cloudfront",
+            "apply",
+            "--distribution",
+            "EFAKE123",
+            "--routes",
+            routes.to_str().unwrap(),
+        ],
+    )
+    .await;
     r.expect_code(2);
     assert!(r.stderr.contains("changed while applying"), "{}", r.stderr);
     assert!(r.stderr.contains("nothing was changed"), "{}", r.stderr);
@@ -362,14 +605,21 @@ async fn cloudfront_stale_etag_with_a_changed_plan_stops() {
     assert_eq!(s.cf_updates_rejected, 1, "the stale update was refused");
     assert_eq!(s.cf_updates_accepted, 0, "and not retried");
     assert_eq!(s.cf_gets, 2, "re-read after the 412");
-    assert!(s.cf_config.contains("<TargetOriginId>static</TargetOriginId>"), "the other edit stands");
+    assert!(
+        s.cf_config
+            .contains("<TargetOriginId>static</TargetOriginId>"),
+        "the other edit stands"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudfront_stale_etag_with_same_plan_retries_then_waits_for_deployed() {
     // Someone else edits only the comment: the plan is the same, so apply goes ahead with the
     // new ETag; the first request is a 503, which the SDK retries.
-    let mut st = fake_cf_state(Some(("<Comment>before</Comment>", "<Comment>edited elsewhere</Comment>")));
+    let mut st = fake_cf_state(Some((
+        "<Comment>before</Comment>",
+        "<Comment>edited elsewhere</Comment>",
+    )));
     st.fail_first = 1;
     let f = Fake::start(st).await;
     let home = tempfile::tempdir().unwrap();
@@ -378,7 +628,19 @@ async fn cloudfront_stale_etag_with_same_plan_retries_then_waits_for_deployed() 
     let r = switchyard(
         &f.url,
         home.path(),
-        &["cloudfront", "apply", "--distribution", "EFAKE123", "--routes", routes.to_str().unwrap(), "--wait", "--poll-interval", "100ms", "--timeout", "30s"],
+        &[
+            "cloudfront",
+            "apply",
+            "--distribution",
+            "EFAKE123",
+            "--routes",
+            routes.to_str().unwrap(),
+            "--wait",
+            "--poll-interval",
+            "100ms",
+            "--timeout",
+            "30s",
+        ],
     )
     .await;
     r.ok();
@@ -388,7 +650,11 @@ async fn cloudfront_stale_etag_with_same_plan_retries_then_waits_for_deployed() 
     assert!(progress.len() >= 3, "{}", r.stderr);
     assert!(progress[0].contains("InProgress"), "{}", r.stderr);
     assert!(progress[1].contains("InProgress"), "{}", r.stderr);
-    assert!(progress.last().unwrap().contains("Deployed"), "{}", r.stderr);
+    assert!(
+        progress.last().unwrap().contains("Deployed"),
+        "{}",
+        r.stderr
+    );
 
     {
         let s = f.state();
@@ -406,7 +672,10 @@ async fn cloudfront_stale_etag_with_same_plan_retries_then_waits_for_deployed() 
     assert_eq!(cfg.comment, "edited elsewhere");
     assert_eq!(
         pairs(&cfg.cache_behaviors.unwrap().items.unwrap()),
-        [("/api/*".to_string(), "new".to_string()), ("/img/*".to_string(), "static".to_string())]
+        [
+            ("/api/*".to_string(), "new".to_string()),
+            ("/img/*".to_string(), "static".to_string())
+        ]
     );
     assert_eq!(out.e_tag.as_deref(), Some("E3"));
 
@@ -419,11 +688,27 @@ async fn cloudfront_stale_etag_with_same_plan_retries_then_waits_for_deployed() 
     let r = switchyard(
         &f.url,
         home.path(),
-        &["cloudfront", "apply", "--distribution", "EFAKE123", "--routes", routes.to_str().unwrap(), "--wait", "--poll-interval", "100ms", "--timeout", "1s"],
+        &[
+            "cloudfront",
+            "apply",
+            "--distribution",
+            "EFAKE123",
+            "--routes",
+            routes.to_str().unwrap(),
+            "--wait",
+            "--poll-interval",
+            "100ms",
+            "--timeout",
+            "1s",
+        ],
     )
     .await;
     r.expect_code(2);
-    assert!(r.stderr.lines().last().unwrap().contains("timed out"), "{}", r.stderr);
+    assert!(
+        r.stderr.lines().last().unwrap().contains("timed out"),
+        "{}",
+        r.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -435,7 +720,12 @@ async fn apigw_deployments_and_rollback_on_moto() {
     let m = moto();
     let home = tempfile::tempdir().unwrap();
     let api = harness::apigateway(m);
-    let rest = api.create_rest_api().name(unique("api")).send().await.unwrap();
+    let rest = api
+        .create_rest_api()
+        .name(unique("api"))
+        .send()
+        .await
+        .unwrap();
     let api_id = rest.id.unwrap();
     let root = api
         .get_resources()
@@ -516,8 +806,16 @@ async fn apigw_deployments_and_rollback_on_moto() {
         .filter(|l| ids.iter().any(|i| l.contains(i.as_str())))
         .collect();
     assert_eq!(rows.len(), 3, "{}", list.stdout);
-    assert!(rows[0].starts_with('*') && rows[0].contains(&ids[2]) && rows[0].contains("v3"), "{}", list.stdout);
-    assert!(rows[1].contains(&ids[1]) && !rows[1].starts_with('*'), "{}", list.stdout);
+    assert!(
+        rows[0].starts_with('*') && rows[0].contains(&ids[2]) && rows[0].contains("v3"),
+        "{}",
+        list.stdout
+    );
+    assert!(
+        rows[1].contains(&ids[1]) && !rows[1].starts_with('*'),
+        "{}",
+        list.stdout
+    );
     assert!(rows[2].contains(&ids[0]), "{}", list.stdout);
     let j = run(&["deployments", "--json"]).await.ok().json();
     assert_eq!(j["deployments"][0]["id"], json!(ids[2]));
@@ -528,13 +826,24 @@ async fn apigw_deployments_and_rollback_on_moto() {
     run(&["rollback", "--dry-run"]).await.ok();
     assert_eq!(stage_dep().await, ids[2]);
     let rb = run(&["rollback"]).await;
-    assert!(rb.ok().stdout.contains(&format!("from deployment {} to {}", ids[2], ids[1])), "{}", rb.stdout);
+    assert!(
+        rb.ok()
+            .stdout
+            .contains(&format!("from deployment {} to {}", ids[2], ids[1])),
+        "{}",
+        rb.stdout
+    );
     assert_eq!(stage_dep().await, ids[1]);
 
     // Refuse an id that does not exist; the stage is unchanged.
     let bad = run(&["rollback", "--to", "nosuchdep"]).await;
     bad.expect_code(2);
-    assert!(bad.stderr.contains("deployment \"nosuchdep\" does not exist"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("deployment \"nosuchdep\" does not exist"),
+        "{}",
+        bad.stderr
+    );
     assert_eq!(stage_dep().await, ids[1]);
 
     // Rollback to a given id.
@@ -546,7 +855,11 @@ async fn apigw_deployments_and_rollback_on_moto() {
     // Nothing before the oldest.
     let none = run(&["rollback"]).await;
     none.expect_code(2);
-    assert!(none.stderr.contains("no deployment before"), "{}", none.stderr);
+    assert!(
+        none.stderr.contains("no deployment before"),
+        "{}",
+        none.stderr
+    );
     assert_eq!(stage_dep().await, ids[0]);
 }
 
@@ -596,7 +909,13 @@ async fn apigw_canary_set_promote_off_on_fake() {
     assert!(f.state().log.is_empty(), "no call was made");
 
     // dry run
-    switchyard(&f.url, h, &with(&["canary", "--percent", "10", "--dry-run"])).await.ok();
+    switchyard(
+        &f.url,
+        h,
+        &with(&["canary", "--percent", "10", "--dry-run"]),
+    )
+    .await
+    .ok();
     assert_eq!(f.state().stage_updates, 0);
 
     // 10% to the newest deployment.
@@ -605,23 +924,45 @@ async fn apigw_canary_set_promote_off_on_fake() {
     let s = stage().await;
     assert_eq!(s.deployment_id.as_deref(), Some("dep1"));
     let c = s.canary_settings.unwrap();
-    assert_eq!((c.deployment_id.as_deref(), c.percent_traffic), (Some("dep2"), 10.0));
+    assert_eq!(
+        (c.deployment_id.as_deref(), c.percent_traffic),
+        (Some("dep2"), 10.0)
+    );
 
     // An unknown deployment is refused and nothing changes.
-    let r = switchyard(&f.url, h, &with(&["canary", "--percent", "50", "--deployment", "nope"])).await;
+    let r = switchyard(
+        &f.url,
+        h,
+        &with(&["canary", "--percent", "50", "--deployment", "nope"]),
+    )
+    .await;
     r.expect_code(2);
     assert!(r.stderr.contains("\"nope\" does not exist"), "{}", r.stderr);
     assert_eq!(stage().await.canary_settings.unwrap().percent_traffic, 10.0);
 
     // Raise it, keeping the canary's deployment.
-    switchyard(&f.url, h, &with(&["canary", "--percent", "50"])).await.ok();
+    switchyard(&f.url, h, &with(&["canary", "--percent", "50"]))
+        .await
+        .ok();
     assert_eq!(stage().await.canary_settings.unwrap().percent_traffic, 50.0);
 
     // The deployments list marks stage and canary.
     let d = switchyard(&f.url, h, &with(&["deployments"])).await;
     let lines: Vec<&str> = d.ok().stdout.lines().collect();
-    assert!(lines.iter().any(|l| l.starts_with('c') && l.contains("dep2")), "{}", d.stdout);
-    assert!(lines.iter().any(|l| l.starts_with('*') && l.contains("dep1")), "{}", d.stdout);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('c') && l.contains("dep2")),
+        "{}",
+        d.stdout
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('*') && l.contains("dep1")),
+        "{}",
+        d.stdout
+    );
 
     // Promote: the stage serves the canary's deployment; canary at 0%.
     switchyard(&f.url, h, &with(&["promote"])).await.ok();
@@ -630,7 +971,9 @@ async fn apigw_canary_set_promote_off_on_fake() {
     assert_eq!(s.canary_settings.unwrap().percent_traffic, 0.0);
 
     // Off: no canary settings left.
-    switchyard(&f.url, h, &with(&["canary", "--off"])).await.ok();
+    switchyard(&f.url, h, &with(&["canary", "--off"]))
+        .await
+        .ok();
     assert!(stage().await.canary_settings.is_none());
     let r = switchyard(&f.url, h, &with(&["promote"])).await;
     r.expect_code(2);
@@ -648,7 +991,9 @@ async fn weighted(
     sets: &[(&str, i64, &str)],
     ttl: i64,
 ) {
-    use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
+    use aws_sdk_route53::types::{
+        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+    };
     let mut batch = ChangeBatch::builder();
     for (id, w, ip) in sets {
         batch = batch.changes(
@@ -685,10 +1030,18 @@ async fn create_zone(r53: &aws_sdk_route53::Client, name: &str) -> String {
         .send()
         .await
         .unwrap();
-    z.hosted_zone.unwrap().id.trim_start_matches("/hostedzone/").to_string()
+    z.hosted_zone
+        .unwrap()
+        .id
+        .trim_start_matches("/hostedzone/")
+        .to_string()
 }
 
-async fn records(r53: &aws_sdk_route53::Client, zone: &str, name: &str) -> Vec<(String, Option<i64>, Option<i64>, Vec<String>)> {
+async fn records(
+    r53: &aws_sdk_route53::Client,
+    zone: &str,
+    name: &str,
+) -> Vec<(String, Option<i64>, Option<i64>, Vec<String>)> {
     let out = r53
         .list_resource_record_sets()
         .hosted_zone_id(zone)
@@ -701,10 +1054,15 @@ async fn records(r53: &aws_sdk_route53::Client, zone: &str, name: &str) -> Vec<(
         .filter(|r| r.name == name)
         .map(|r| {
             (
-                r.set_identifier.unwrap_or_else(|| r.r#type.as_str().to_string()),
+                r.set_identifier
+                    .unwrap_or_else(|| r.r#type.as_str().to_string()),
                 r.weight,
                 r.ttl,
-                r.resource_records.unwrap_or_default().into_iter().map(|x| x.value).collect(),
+                r.resource_records
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|x| x.value)
+                    .collect(),
             )
         })
         .collect();
@@ -721,7 +1079,14 @@ async fn dns_status_shift_lower_ttl_on_moto() {
     let domain = format!("{}.example.com", unique("z"));
     let zone = create_zone(&r53, &domain).await;
     let name = format!("api.{domain}.");
-    weighted(&r53, &zone, &name, &[("old", 100, "192.0.2.1"), ("new", 0, "192.0.2.2")], 300).await;
+    weighted(
+        &r53,
+        &zone,
+        &name,
+        &[("old", 100, "192.0.2.1"), ("new", 0, "192.0.2.2")],
+        300,
+    )
+    .await;
     let other = format!("www.{domain}.");
     weighted(&r53, &zone, &other, &[("old", 100, "192.0.2.9")], 300).await;
     let other_before = records(&r53, &zone, &other).await;
@@ -735,48 +1100,113 @@ async fn dns_status_shift_lower_ttl_on_moto() {
 
     let st = switchyard(m, h, &with(&["status"])).await;
     st.ok();
-    assert!(st.stdout.contains("100%") && st.stdout.contains("192.0.2.2"), "{}", st.stdout);
+    assert!(
+        st.stdout.contains("100%") && st.stdout.contains("192.0.2.2"),
+        "{}",
+        st.stdout
+    );
     assert!(st.stdout.contains("no change recorded"), "{}", st.stdout);
 
     // 256 is rejected before any call (the endpoint is not even reachable here).
-    let r = switchyard("http://127.0.0.1:9", h, &with(&["shift", "--set", "old=256", "--set", "new=10"])).await;
+    let r = switchyard(
+        "http://127.0.0.1:9",
+        h,
+        &with(&["shift", "--set", "old=256", "--set", "new=10"]),
+    )
+    .await;
     r.expect_code(2);
     assert!(r.stderr.contains("0 to 255"), "{}", r.stderr);
     let r = switchyard(m, h, &with(&["shift", "--set", "nosuch=10"])).await;
     r.expect_code(2);
-    assert!(r.stderr.contains("no weighted record with set identifier \"nosuch\""), "{}", r.stderr);
-    switchyard(m, h, &with(&["shift", "--set", "old=90", "--set", "new=10", "--dry-run"])).await.ok();
+    assert!(
+        r.stderr
+            .contains("no weighted record with set identifier \"nosuch\""),
+        "{}",
+        r.stderr
+    );
+    switchyard(
+        m,
+        h,
+        &with(&["shift", "--set", "old=90", "--set", "new=10", "--dry-run"]),
+    )
+    .await
+    .ok();
     assert_eq!(records(&r53, &zone, &name).await, before);
 
-    let r = switchyard(m, h, &with(&["shift", "--set", "old=90", "--set", "new=10", "--wait", "--poll-interval", "100ms"])).await;
+    let r = switchyard(
+        m,
+        h,
+        &with(&[
+            "shift",
+            "--set",
+            "old=90",
+            "--set",
+            "new=10",
+            "--wait",
+            "--poll-interval",
+            "100ms",
+        ]),
+    )
+    .await;
     r.ok();
     assert!(r.stdout.contains("INSYNC"), "{}", r.stdout);
     let after = records(&r53, &zone, &name).await;
     assert_eq!(
         after,
         [
-            ("new".to_string(), Some(10), Some(300), vec!["192.0.2.2".to_string()]),
-            ("old".to_string(), Some(90), Some(300), vec!["192.0.2.1".to_string()])
+            (
+                "new".to_string(),
+                Some(10),
+                Some(300),
+                vec!["192.0.2.2".to_string()]
+            ),
+            (
+                "old".to_string(),
+                Some(90),
+                Some(300),
+                vec!["192.0.2.1".to_string()]
+            )
         ]
     );
-    assert_eq!(records(&r53, &zone, &other).await, other_before, "other names untouched");
+    assert_eq!(
+        records(&r53, &zone, &other).await,
+        other_before,
+        "other names untouched"
+    );
 
     // status: weights, shares, and when every resolver has seen the shift (300 s TTL).
-    let j = switchyard(m, h, &with(&["status", "--json"])).await.ok().json();
+    let j = switchyard(m, h, &with(&["status", "--json"]))
+        .await
+        .ok()
+        .json();
     let shares: Vec<(String, f64)> = j["records"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["set_identifier"].as_str().unwrap().to_string(), r["share_percent"].as_f64().unwrap()))
+        .map(|r| {
+            (
+                r["set_identifier"].as_str().unwrap().to_string(),
+                r["share_percent"].as_f64().unwrap(),
+            )
+        })
         .collect();
-    assert!(shares.contains(&("old".into(), 90.0)) && shares.contains(&("new".into(), 10.0)), "{j}");
+    assert!(
+        shares.contains(&("old".into(), 90.0)) && shares.contains(&("new".into(), 10.0)),
+        "{j}"
+    );
     assert_eq!(j["last_change"]["previous_ttl"], 300);
     assert_eq!(j["last_change"]["action"], "shift");
     assert_eq!(j["last_change_status"], "INSYNC");
     let left = j["seconds_remaining"].as_i64().unwrap();
     assert!((290..=300).contains(&left), "{j}");
     let text = switchyard(m, h, &with(&["status"])).await;
-    assert!(text.ok().stdout.contains("every resolver will have seen it by"), "{}", text.stdout);
+    assert!(
+        text.ok()
+            .stdout
+            .contains("every resolver will have seen it by"),
+        "{}",
+        text.stdout
+    );
 
     // lower-ttl: every record of the name to 60 s; says to wait the old 300 s.
     let r = switchyard(m, h, &with(&["lower-ttl", "--ttl", "60"])).await;
@@ -808,7 +1238,16 @@ async fn dns_delegate_on_moto() {
         .name_servers;
     assert!(!servers.is_empty());
 
-    let args = ["dns", "delegate", "--zone", parent.as_str(), "--subdomain", dev.as_str(), "--to-zone", child.as_str()];
+    let args = [
+        "dns",
+        "delegate",
+        "--zone",
+        parent.as_str(),
+        "--subdomain",
+        dev.as_str(),
+        "--to-zone",
+        child.as_str(),
+    ];
     let mut dry = args.to_vec();
     dry.push("--dry-run");
     switchyard(m, home.path(), &dry).await.ok();
@@ -824,9 +1263,27 @@ async fn dns_delegate_on_moto() {
 
     // The wrong zone for the subdomain is refused.
     let wrong = format!("qa.{parent_name}");
-    let r = switchyard(m, home.path(), &["dns", "delegate", "--zone", parent.as_str(), "--subdomain", wrong.as_str(), "--to-zone", child.as_str()]).await;
+    let r = switchyard(
+        m,
+        home.path(),
+        &[
+            "dns",
+            "delegate",
+            "--zone",
+            parent.as_str(),
+            "--subdomain",
+            wrong.as_str(),
+            "--to-zone",
+            child.as_str(),
+        ],
+    )
+    .await;
     r.expect_code(2);
-    assert!(r.stderr.contains(&format!("is for {dev}., not {wrong}.")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("is for {dev}., not {wrong}.")),
+        "{}",
+        r.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -850,13 +1307,32 @@ async fn dns_shift_waits_pending_to_insync_on_fake() {
     let r = switchyard(
         &f.url,
         home.path(),
-        &["dns", "shift", "--zone", "ZFAKE", "--name", "api.example.com", "--set", "old=50", "--set", "new=50", "--wait", "--poll-interval", "100ms", "--json"],
+        &[
+            "dns",
+            "shift",
+            "--zone",
+            "ZFAKE",
+            "--name",
+            "api.example.com",
+            "--set",
+            "old=50",
+            "--set",
+            "new=50",
+            "--wait",
+            "--poll-interval",
+            "100ms",
+            "--json",
+        ],
     )
     .await;
     r.ok();
     let progress: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(progress.len(), 3, "{}", r.stderr);
-    assert!(progress[0].contains("PENDING") && progress[1].contains("PENDING"), "{}", r.stderr);
+    assert!(
+        progress[0].contains("PENDING") && progress[1].contains("PENDING"),
+        "{}",
+        r.stderr
+    );
     assert!(progress[2].contains("INSYNC"), "{}", r.stderr);
     let j = r.json();
     assert_eq!(j["status"], "INSYNC");
@@ -870,10 +1346,19 @@ async fn dns_shift_waits_pending_to_insync_on_fake() {
 // CloudWatch on moto
 // ---------------------------------------------------------------------------------------
 
-async fn put(cw: &aws_sdk_cloudwatch::Client, ns: &str, dims: &[(&str, &str)], metric: &str, value: f64) {
+async fn put(
+    cw: &aws_sdk_cloudwatch::Client,
+    ns: &str,
+    dims: &[(&str, &str)],
+    metric: &str,
+    value: f64,
+) {
     use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
     let t = DateTime::from_secs(DateTime::from(std::time::SystemTime::now()).secs() - 60);
-    let mut d = MetricDatum::builder().metric_name(metric).value(value).timestamp(t);
+    let mut d = MetricDatum::builder()
+        .metric_name(metric)
+        .value(value)
+        .timestamp(t);
     for (k, v) in dims {
         d = d.dimensions(Dimension::builder().name(*k).value(*v).build());
     }
@@ -898,36 +1383,157 @@ async fn metrics_query_and_gate_on_moto() {
     put(&cw, "AWS/ApiGateway", &dims, "5XXError", 5.0).await;
     put(&cw, "AWS/ApiGateway", &dims, "Latency", 120.0).await;
     let func = unique("fn");
-    put(&cw, "AWS/Lambda", &[("FunctionName", func.as_str())], "Errors", 3.0).await;
-    put(&cw, "AWS/Lambda", &[("FunctionName", func.as_str())], "Invocations", 10.0).await;
+    put(
+        &cw,
+        "AWS/Lambda",
+        &[("FunctionName", func.as_str())],
+        "Errors",
+        3.0,
+    )
+    .await;
+    put(
+        &cw,
+        "AWS/Lambda",
+        &[("FunctionName", func.as_str())],
+        "Invocations",
+        10.0,
+    )
+    .await;
 
-    let q = switchyard(m, h, &["metrics", "query", "--api-name", &api, "--metric", "Count", "--window", "5m", "--json"]).await;
+    let q = switchyard(
+        m,
+        h,
+        &[
+            "metrics",
+            "query",
+            "--api-name",
+            &api,
+            "--metric",
+            "Count",
+            "--window",
+            "5m",
+            "--json",
+        ],
+    )
+    .await;
     let j = q.ok().json();
     assert_eq!(j["metric"]["namespace"], "AWS/ApiGateway");
     assert_eq!(j["metric"]["stat"], "Sum");
     assert_eq!(j["total"], 1000.0);
-    let q = switchyard(m, h, &["metrics", "query", "--function", &func, "--metric", "Errors"]).await;
-    assert!(q.ok().stdout.contains("Sum over the window: 3"), "{}", q.stdout);
+    let q = switchyard(
+        m,
+        h,
+        &[
+            "metrics",
+            "query",
+            "--function",
+            &func,
+            "--metric",
+            "Errors",
+        ],
+    )
+    .await;
+    assert!(
+        q.ok().stdout.contains("Sum over the window: 3"),
+        "{}",
+        q.stdout
+    );
 
     // 5 errors / 1000 requests = 0.5%.
-    let pass = switchyard(m, h, &["metrics", "gate", "--api-name", &api, "--max-error-rate", "1", "--window", "5m"]).await;
+    let pass = switchyard(
+        m,
+        h,
+        &[
+            "metrics",
+            "gate",
+            "--api-name",
+            &api,
+            "--max-error-rate",
+            "1",
+            "--window",
+            "5m",
+        ],
+    )
+    .await;
     pass.expect_code(0);
-    assert!(pass.stdout.starts_with("PASS: error rate 0.500%"), "{}", pass.stdout);
-    let fail = switchyard(m, h, &["metrics", "gate", "--api-name", &api, "--max-error-rate", "0.1", "--window", "5m", "--json"]).await;
+    assert!(
+        pass.stdout.starts_with("PASS: error rate 0.500%"),
+        "{}",
+        pass.stdout
+    );
+    let fail = switchyard(
+        m,
+        h,
+        &[
+            "metrics",
+            "gate",
+            "--api-name",
+            &api,
+            "--max-error-rate",
+            "0.1",
+            "--window",
+            "5m",
+            "--json",
+        ],
+    )
+    .await;
     fail.expect_code(1);
     let j = fail.json();
     assert_eq!(j["pass"], false);
     assert_eq!(j["errors"], 5.0);
     assert_eq!(j["requests"], 1000.0);
     // Latency limit.
-    let slow = switchyard(m, h, &["metrics", "gate", "--api-name", &api, "--max-error-rate", "1", "--max-latency-ms", "100"]).await;
+    let slow = switchyard(
+        m,
+        h,
+        &[
+            "metrics",
+            "gate",
+            "--api-name",
+            &api,
+            "--max-error-rate",
+            "1",
+            "--max-latency-ms",
+            "100",
+        ],
+    )
+    .await;
     slow.expect_code(1);
-    assert!(slow.stdout.contains("latency 120.0 ms is above 100 ms"), "{}", slow.stdout);
+    assert!(
+        slow.stdout.contains("latency 120.0 ms is above 100 ms"),
+        "{}",
+        slow.stdout
+    );
     // Lambda: 3 / 10 = 30%.
-    switchyard(m, h, &["metrics", "gate", "--function", &func, "--max-error-rate", "1"]).await.expect_code(1);
+    switchyard(
+        m,
+        h,
+        &[
+            "metrics",
+            "gate",
+            "--function",
+            &func,
+            "--max-error-rate",
+            "1",
+        ],
+    )
+    .await
+    .expect_code(1);
     // No traffic is no evidence: closed.
     let none = unique("idle");
-    let r = switchyard(m, h, &["metrics", "gate", "--api-name", &none, "--max-error-rate", "1"]).await;
+    let r = switchyard(
+        m,
+        h,
+        &[
+            "metrics",
+            "gate",
+            "--api-name",
+            &none,
+            "--max-error-rate",
+            "1",
+        ],
+    )
+    .await;
     r.expect_code(1);
     assert!(r.stdout.contains("only 0 requests"), "{}", r.stdout);
 }
@@ -944,18 +1550,63 @@ async fn metrics_publish_route_counters_on_moto() {
     };
     std::fs::write(&file, text(100)).unwrap();
     let f = file.to_str().unwrap();
-    let r = switchyard(m, h, &["metrics", "publish", "--from", f, "--namespace", &ns]).await;
-    assert!(r.ok().stdout.contains("published 0 datapoints"), "{}", r.stdout);
+    let r = switchyard(
+        m,
+        h,
+        &["metrics", "publish", "--from", f, "--namespace", &ns],
+    )
+    .await;
+    assert!(
+        r.ok().stdout.contains("published 0 datapoints"),
+        "{}",
+        r.stdout
+    );
     std::fs::write(&file, text(130)).unwrap();
-    let r = switchyard(m, h, &["metrics", "publish", "--from", f, "--namespace", &ns, "--dry-run"]).await;
-    assert!(r.ok().stdout.contains("would publish 1 datapoints"), "{}", r.stdout);
-    let r = switchyard(m, h, &["metrics", "publish", "--from", f, "--namespace", &ns]).await;
+    let r = switchyard(
+        m,
+        h,
+        &[
+            "metrics",
+            "publish",
+            "--from",
+            f,
+            "--namespace",
+            &ns,
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(
+        r.ok().stdout.contains("would publish 1 datapoints"),
+        "{}",
+        r.stdout
+    );
+    let r = switchyard(
+        m,
+        h,
+        &["metrics", "publish", "--from", f, "--namespace", &ns],
+    )
+    .await;
     assert!(r.ok().stdout.contains("+30"), "{}", r.stdout);
 
     let q = switchyard(
         m,
         h,
-        &["metrics", "query", "--namespace", &ns, "--dimension", "route=api", "--dimension", "status_class=2xx", "--metric", "switchyard_requests_total", "--stat", "Sum", "--json"],
+        &[
+            "metrics",
+            "query",
+            "--namespace",
+            &ns,
+            "--dimension",
+            "route=api",
+            "--dimension",
+            "status_class=2xx",
+            "--metric",
+            "switchyard_requests_total",
+            "--stat",
+            "Sum",
+            "--json",
+        ],
     )
     .await;
     assert_eq!(q.ok().json()["total"], 30.0, "{}", q.stdout);

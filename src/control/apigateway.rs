@@ -42,7 +42,12 @@ pub enum Command {
     /// Send a percentage of the stage's traffic to another deployment, or turn the canary off.
     Canary {
         /// Percent of requests to the canary, 0 to 100.
-        #[arg(long, value_name = "N", required_unless_present = "off", conflicts_with = "off")]
+        #[arg(
+            long,
+            value_name = "N",
+            required_unless_present = "off",
+            conflicts_with = "off"
+        )]
         percent: Option<f64>,
         /// Canary deployment; default the newest deployment (or the canary's current one).
         #[arg(long, value_name = "ID", conflicts_with = "off")]
@@ -70,7 +75,11 @@ pub enum ApiGatewayError {
     #[error("--api and --stage are required (or SWITCHYARD_API / SWITCHYARD_STAGE)")]
     Missing,
     #[error("deployment {id:?} does not exist in REST API {api} (it has {count} deployments; see `switchyard apigw deployments`); the stage was not changed")]
-    UnknownDeployment { id: String, api: String, count: usize },
+    UnknownDeployment {
+        id: String,
+        api: String,
+        count: usize,
+    },
     #[error("stage {stage} has no deployment before {current}; nothing to roll back to")]
     NothingBefore { stage: String, current: String },
     #[error("stage {0} has no deployment")]
@@ -190,7 +199,11 @@ pub fn promote_ops(c: &CanaryView) -> Option<Vec<PatchOperation>> {
     let dep = c.deployment.clone()?;
     let mut ops = vec![patch(Op::Replace, "/deploymentId", Some(dep))];
     for (k, v) in &c.stage_variable_overrides {
-        ops.push(patch(Op::Replace, &format!("/variables/{k}"), Some(v.clone())));
+        ops.push(patch(
+            Op::Replace,
+            &format!("/variables/{k}"),
+            Some(v.clone()),
+        ));
     }
     ops.push(patch(
         Op::Replace,
@@ -393,7 +406,11 @@ async fn change(
     let operations = ops
         .iter()
         .map(|o| PatchView {
-            op: o.op.as_ref().map(|o| o.as_str().to_string()).unwrap_or_default(),
+            op: o
+                .op
+                .as_ref()
+                .map(|o| o.as_str().to_string())
+                .unwrap_or_default(),
             path: o.path.clone().unwrap_or_default(),
             value: o.value.clone(),
         })
@@ -464,7 +481,15 @@ pub async fn run(args: Args) -> Result<Output> {
                 return Err(ApiGatewayError::NoCanary(stage));
             }
             let ops = vec![patch(Op::Remove, "/canarySettings", None)];
-            change(&api, format!("turn stage {stage}'s canary off"), s, ops, dry_run, json).await
+            change(
+                &api,
+                format!("turn stage {stage}'s canary off"),
+                s,
+                ops,
+                dry_run,
+                json,
+            )
+            .await
         }
         Command::Canary {
             percent,
@@ -549,7 +574,10 @@ mod tests {
         let ids: Vec<_> = d.iter().map(|d| d.id.clone().unwrap()).collect();
         assert_eq!(ids, ["c", "b", "a"]);
         assert_eq!(rollback_target("x", "prod", &d, "c", None).unwrap(), "b");
-        assert_eq!(rollback_target("x", "prod", &d, "c", Some("a")).unwrap(), "a");
+        assert_eq!(
+            rollback_target("x", "prod", &d, "c", Some("a")).unwrap(),
+            "a"
+        );
         assert!(matches!(
             rollback_target("x", "prod", &d, "a", None),
             Err(ApiGatewayError::NothingBefore { .. })
@@ -571,7 +599,11 @@ mod tests {
         let paths: Vec<_> = ops.iter().map(|o| o.path.clone().unwrap()).collect();
         assert_eq!(
             paths,
-            ["/deploymentId", "/variables/k", "/canarySettings/percentTraffic"]
+            [
+                "/deploymentId",
+                "/variables/k",
+                "/canarySettings/percentTraffic"
+            ]
         );
         assert_eq!(ops[0].value.as_deref(), Some("d2"));
     }

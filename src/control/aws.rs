@@ -199,7 +199,11 @@ where
 
 /// First line of `s`, at most 300 characters, so that an error is always one line.
 pub fn one_line(s: &str) -> String {
-    let first = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let first = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     if first.chars().count() > 300 {
         let cut: String = first.chars().take(300).collect();
         format!("{cut}…")
@@ -256,13 +260,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?}; use ms, s, m or h"
-            ))
-        }
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 7.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=7.0 * 86400.0).contains(&secs) {
         return Err(format!("{s:?} is out of range (0 to 7 days)"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -277,7 +277,7 @@ pub fn human_duration(d: Duration) -> String {
         }
         format!("{s}s")
     } else if s < 3600 {
-        if s % 60 == 0 {
+        if s.is_multiple_of(60) {
             format!("{}m", s / 60)
         } else {
             format!("{}m {}s", s / 60, s % 60)
@@ -359,7 +359,10 @@ mod tests {
     #[test]
     fn error_kinds() {
         assert_eq!(kind_of("PreconditionFailed"), ErrorKind::PreconditionFailed);
-        assert_eq!(kind_of("InvalidIfMatchVersion"), ErrorKind::PreconditionFailed);
+        assert_eq!(
+            kind_of("InvalidIfMatchVersion"),
+            ErrorKind::PreconditionFailed
+        );
         assert_eq!(kind_of("NoSuchDistribution"), ErrorKind::NotFound);
         assert_eq!(kind_of("NoSuchHostedZone"), ErrorKind::NotFound);
         assert_eq!(kind_of("NotFoundException"), ErrorKind::NotFound);

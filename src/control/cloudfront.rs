@@ -27,7 +27,12 @@ pub struct Args {
     #[command(flatten)]
     pub aws: AwsArgs,
     /// The distribution's id (`E2QWRUHAPOMQZL`).
-    #[arg(long, global = true, env = "SWITCHYARD_DISTRIBUTION", value_name = "ID")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_DISTRIBUTION",
+        value_name = "ID"
+    )]
     pub distribution: Option<String>,
     #[command(subcommand)]
     pub cmd: Command,
@@ -381,7 +386,12 @@ fn origin_ids(cfg: &DistributionConfig) -> Vec<String> {
 
 /// Compares a distribution's configuration with what a table asks. Fails if the table names
 /// an origin the distribution does not have.
-pub fn plan(distribution: &str, etag: &str, cfg: &DistributionConfig, want: &Desired) -> Result<Plan> {
+pub fn plan(
+    distribution: &str,
+    etag: &str,
+    cfg: &DistributionConfig,
+    want: &Desired,
+) -> Result<Plan> {
     let known = origin_ids(cfg);
     let check = |origin: &str, route: &str| -> Result<()> {
         if known.iter().any(|k| k == origin) {
@@ -402,7 +412,11 @@ pub fn plan(distribution: &str, etag: &str, cfg: &DistributionConfig, want: &Des
         check(origin, route)?;
     }
     let (current, default_origin) = current_behaviors(cfg);
-    let want_keys: BTreeSet<&str> = want.behaviors.iter().map(|(b, _)| key(&b.pattern)).collect();
+    let want_keys: BTreeSet<&str> = want
+        .behaviors
+        .iter()
+        .map(|(b, _)| key(&b.pattern))
+        .collect();
     let cur_pos: BTreeMap<&str, usize> = current
         .iter()
         .enumerate()
@@ -514,7 +528,11 @@ pub fn plan(distribution: &str, etag: &str, cfg: &DistributionConfig, want: &Des
 // The legacy cache settings (ForwardedValues, TTLs) are deprecated in the API but still what
 // distributions without a cache policy use; they must be copied like the rest.
 #[allow(deprecated)]
-fn behavior_from_default(d: &DefaultCacheBehavior, pattern: &str, origin: &str) -> Result<CacheBehavior> {
+fn behavior_from_default(
+    d: &DefaultCacheBehavior,
+    pattern: &str,
+    origin: &str,
+) -> Result<CacheBehavior> {
     CacheBehavior::builder()
         .path_pattern(pattern)
         .target_origin_id(origin)
@@ -552,10 +570,9 @@ pub fn apply_plan(cfg: &DistributionConfig, plan: &Plan) -> Result<DistributionC
         .into_iter()
         .map(|b| (key(&b.path_pattern).to_string(), b))
         .collect();
-    let default = cfg
-        .default_cache_behavior
-        .clone()
-        .ok_or_else(|| CloudFrontError::Incomplete(plan.distribution.clone(), "DefaultCacheBehavior"))?;
+    let default = cfg.default_cache_behavior.clone().ok_or_else(|| {
+        CloudFrontError::Incomplete(plan.distribution.clone(), "DefaultCacheBehavior")
+    })?;
     let mut items = Vec::new();
     for p in &plan.behaviors {
         let b = match existing.get(key(&p.pattern)) {
@@ -615,7 +632,12 @@ fn route_id(pattern: &str, used: &mut BTreeSet<String>) -> String {
 /// behavior in order, and the default behavior as a final `*` route.
 pub fn export(cfg: &DistributionConfig) -> TableFile {
     let mut t = TableFile::default();
-    for o in cfg.origins.as_ref().map(|o| o.items.as_slice()).unwrap_or_default() {
+    for o in cfg
+        .origins
+        .as_ref()
+        .map(|o| o.items.as_slice())
+        .unwrap_or_default()
+    {
         let (port, tls) = match &o.custom_origin_config {
             Some(c) if c.origin_protocol_policy == OriginProtocolPolicy::HttpOnly => {
                 (c.http_port, false)
@@ -676,7 +698,11 @@ impl Cf {
         Ok((cfg, etag))
     }
 
-    async fn update(&self, cfg: DistributionConfig, etag: &str) -> std::result::Result<String, AwsError> {
+    async fn update(
+        &self,
+        cfg: DistributionConfig,
+        etag: &str,
+    ) -> std::result::Result<String, AwsError> {
         let out = self
             .client
             .update_distribution()
@@ -772,7 +798,10 @@ fn load_routes(path: &Path) -> Result<TableFile> {
 /// Runs one `cloudfront` action. Plan and export only read; apply and rollback make at most one
 /// accepted UpdateDistribution (two calls only when the first was refused for a stale ETag).
 pub async fn run(args: Args) -> Result<Output> {
-    let id = args.distribution.clone().ok_or(CloudFrontError::NoDistribution)?;
+    let id = args
+        .distribution
+        .clone()
+        .ok_or(CloudFrontError::NoDistribution)?;
     let json = args.aws.json;
     // Read the route file before any call, so a bad file costs nothing.
     let routes = match &args.cmd {
@@ -859,7 +888,12 @@ struct ExportSummary {
 
 /// The table that differs from the distribution only in `pattern`: retargeted at the default
 /// origin, or gone.
-fn rollback_desired(id: &str, cfg: &DistributionConfig, pattern: &str, remove: bool) -> Result<Desired> {
+fn rollback_desired(
+    id: &str,
+    cfg: &DistributionConfig,
+    pattern: &str,
+    remove: bool,
+) -> Result<Desired> {
     let (current, default_origin) = current_behaviors(cfg);
     if !current.iter().any(|b| b.pattern == pattern) {
         let known: Vec<&str> = current.iter().map(|b| b.pattern.as_str()).collect();
@@ -1003,7 +1037,10 @@ mod tests {
 
     #[test]
     fn plan_marks_added_changed_moved_removed_and_default() {
-        let c = cfg(&[("/a/*", "old"), ("/b/*", "old"), ("/gone/*", "old")], "old");
+        let c = cfg(
+            &[("/a/*", "old"), ("/b/*", "old"), ("/gone/*", "old")],
+            "old",
+        );
         let t = table_of(
             "[[routes]]\nid='b'\npath='/b/*'\nto='old'\n[[routes]]\nid='a'\npath='a/*'\nto='new'\n[[routes]]\nid='n'\npath='/n/*'\nsplit={new=90.0,old=10.0}\n[[routes]]\nid='d'\npath='*'\nto='new'\n",
         );
@@ -1036,7 +1073,8 @@ mod tests {
     #[test]
     fn unknown_origin_is_refused() {
         let c = cfg(&[], "old");
-        let want = desired_from_table(&table_of("[[routes]]\nid='x'\npath='/x'\nto='nope'\n")).unwrap();
+        let want =
+            desired_from_table(&table_of("[[routes]]\nid='x'\npath='/x'\nto='nope'\n")).unwrap();
         let e = plan("E1", "t", &c, &want).unwrap_err();
         assert!(e.to_string().contains("\"nope\" is not an origin"), "{e}");
     }
@@ -1053,11 +1091,17 @@ mod tests {
         let items = out.cache_behaviors.unwrap().items.unwrap();
         assert_eq!(items[0].path_pattern, "/n/*");
         assert_eq!(items[0].cache_policy_id.as_deref(), Some("policy-1"));
-        assert_eq!(items[0].viewer_protocol_policy, ViewerProtocolPolicy::RedirectToHttps);
+        assert_eq!(
+            items[0].viewer_protocol_policy,
+            ViewerProtocolPolicy::RedirectToHttps
+        );
         assert_eq!(items[1].path_pattern, "/a/*");
         assert_eq!(items[1].target_origin_id, "new");
         assert_eq!(items[1].compress, Some(false));
-        assert_eq!(items[1].viewer_protocol_policy, ViewerProtocolPolicy::AllowAll);
+        assert_eq!(
+            items[1].viewer_protocol_policy,
+            ViewerProtocolPolicy::AllowAll
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit};
+use aws_sdk_cloudwatch::types::{
+    Dimension, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit,
+};
 use aws_sdk_cloudwatch::Client;
 use aws_smithy_types::DateTime;
 use serde::{Deserialize, Serialize};
@@ -180,7 +182,7 @@ pub fn resolve(t: &Target, metric: &str, stat: Option<&str>) -> Result<MetricRef
 
 fn whole_minutes(d: Duration) -> Option<i32> {
     let s = d.as_secs();
-    (s >= 60 && s % 60 == 0 && d.subsec_nanos() == 0)
+    (s >= 60 && s.is_multiple_of(60) && d.subsec_nanos() == 0)
         .then(|| i32::try_from(s).ok())
         .flatten()
 }
@@ -213,7 +215,11 @@ fn query(id: &str, m: &MetricRef, period: i32) -> MetricDataQuery {
 type Series = Vec<(i64, f64)>;
 
 /// Runs GetMetricData over `[now - window, now)` and returns each query's datapoints by id.
-async fn fetch(client: &Client, queries: Vec<MetricDataQuery>, window: Duration) -> Result<(BTreeMap<String, Series>, i64, i64)> {
+async fn fetch(
+    client: &Client,
+    queries: Vec<MetricDataQuery>,
+    window: Duration,
+) -> Result<(BTreeMap<String, Series>, i64, i64)> {
     // Round the end up to the next second, so a datapoint stamped "now" is inside the window.
     let now = DateTime::from(std::time::SystemTime::now());
     let end_secs = now.secs() + i64::from(now.subsec_nanos() > 0);
@@ -275,7 +281,12 @@ fn ts(secs: i64) -> String {
 
 impl QueryResult {
     fn human(&self) -> String {
-        let dims: Vec<String> = self.metric.dimensions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let dims: Vec<String> = self
+            .metric
+            .dimensions
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let mut out = format!(
             "{} {} {} [{}] from {} to {} ({}s periods)\n",
             self.metric.namespace,
@@ -397,7 +408,8 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = || CloudWatchError::Parse(format!("metrics line {}: cannot parse {line:?}", n + 1));
+        let bad =
+            || CloudWatchError::Parse(format!("metrics line {}: cannot parse {line:?}", n + 1));
         let (name, rest) = match line.find(['{', ' ']) {
             Some(i) => (&line[..i], &line[i..]),
             None => return Err(bad()),
@@ -520,7 +532,8 @@ async fn read_source(from: &str) -> Result<String> {
     if from.starts_with("http://") {
         return http_get(from).await;
     }
-    std::fs::read_to_string(from).map_err(|e| CloudWatchError::Read(from.to_string(), e.to_string()))
+    std::fs::read_to_string(from)
+        .map_err(|e| CloudWatchError::Read(from.to_string(), e.to_string()))
 }
 
 async fn http_get(url: &str) -> Result<String> {
@@ -528,7 +541,9 @@ async fn http_get(url: &str) -> Result<String> {
     use hyper_util::client::legacy::Client as HttpClient;
     use hyper_util::rt::TokioExecutor;
     let err = |e: String| CloudWatchError::Read(url.to_string(), e);
-    let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| err(e.to_string()))?;
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| err(e.to_string()))?;
     let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
         .await
@@ -546,12 +561,20 @@ async fn http_get(url: &str) -> Result<String> {
     String::from_utf8(body.to_vec()).map_err(|e| err(e.to_string()))
 }
 
+/// One datapoint sent (or that would be sent) by `publish`.
+#[derive(Debug, Serialize)]
+struct PublishedDatum {
+    metric: String,
+    dimensions: Vec<(String, String)>,
+    /// Increase since the previous publish.
+    increase: f64,
+}
+
 /// `publish` output.
 #[derive(Debug, Serialize)]
 struct Published {
     namespace: String,
-    /// (metric, dimensions, increase).
-    datums: Vec<(String, Vec<(String, String)>, f64)>,
+    datums: Vec<PublishedDatum>,
     /// Counters seen for the first time: recorded as the baseline, not published.
     baselined: usize,
     dry_run: bool,
@@ -563,18 +586,26 @@ impl Published {
         let rows: Vec<Vec<String>> = self
             .datums
             .iter()
-            .map(|(n, d, v)| {
+            .map(|p| {
                 vec![
-                    n.clone(),
-                    d.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-                    format!("+{v}"),
+                    p.metric.clone(),
+                    p.dimensions
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    format!("+{}", p.increase),
                 ]
             })
             .collect();
         out.push_str(&table(&rows));
         out.push_str(&format!(
             "{} {} datapoints to namespace {}; {} new counters recorded as baseline\n",
-            if self.dry_run { "would publish" } else { "published" },
+            if self.dry_run {
+                "would publish"
+            } else {
+                "published"
+            },
             self.datums.len(),
             self.namespace,
             self.baselined
@@ -637,7 +668,10 @@ pub async fn run(args: Args) -> Result<Output> {
             let em = resolve(&target, errors_name, Some("Sum"))?;
             let rm = resolve(&target, requests_name, Some("Sum"))?;
             let lm = resolve(&target, latency_name, Some("Average"))?;
-            let mut queries = vec![query("errors", &em, window_s), query("requests", &rm, window_s)];
+            let mut queries = vec![
+                query("errors", &em, window_s),
+                query("requests", &rm, window_s),
+            ];
             if max_latency_ms.is_some() {
                 queries.push(query("latency", &lm, window_s));
             }
@@ -655,8 +689,14 @@ pub async fn run(args: Args) -> Result<Output> {
                 .get("latency")
                 .filter(|s| !s.is_empty())
                 .map(|s| s.iter().fold(0.0, |acc, (_, v)| acc + v) / s.len() as f64);
-            let (pass, rate, reasons) =
-                judge(requests, errors, latency, max_error_rate, max_latency_ms, min_requests);
+            let (pass, rate, reasons) = judge(
+                requests,
+                errors,
+                latency,
+                max_error_rate,
+                max_latency_ms,
+                min_requests,
+            );
             let g = GateResult {
                 pass,
                 window_secs: window.as_secs(),
@@ -683,7 +723,8 @@ pub async fn run(args: Args) -> Result<Output> {
             let path = publish_state_path(state_dir.as_ref());
             let mut st: PublishState = match &path {
                 Some(p) => match std::fs::read_to_string(p) {
-                    Ok(t) => serde_json::from_str(&t).map_err(|e| CloudWatchError::State(p.clone(), e.to_string()))?,
+                    Ok(t) => serde_json::from_str(&t)
+                        .map_err(|e| CloudWatchError::State(p.clone(), e.to_string()))?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => PublishState::default(),
                     Err(e) => return Err(CloudWatchError::State(p.clone(), e.to_string())),
                 },
@@ -730,15 +771,25 @@ pub async fn run(args: Args) -> Result<Output> {
                         counters.iter().map(|s| (sample_key(s), s.value)).collect(),
                     );
                     if let Some(dir) = p.parent() {
-                        std::fs::create_dir_all(dir).map_err(|e| CloudWatchError::State(p.clone(), e.to_string()))?;
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| CloudWatchError::State(p.clone(), e.to_string()))?;
                     }
-                    let text = serde_json::to_string_pretty(&st).map_err(|e| CloudWatchError::State(p.clone(), e.to_string()))?;
-                    std::fs::write(p, text).map_err(|e| CloudWatchError::State(p.clone(), e.to_string()))?;
+                    let text = serde_json::to_string_pretty(&st)
+                        .map_err(|e| CloudWatchError::State(p.clone(), e.to_string()))?;
+                    std::fs::write(p, text)
+                        .map_err(|e| CloudWatchError::State(p.clone(), e.to_string()))?;
                 }
             }
             let out = Published {
                 namespace,
-                datums: ds.into_iter().map(|(s, d)| (s.name, s.labels, d)).collect(),
+                datums: ds
+                    .into_iter()
+                    .map(|(s, d)| PublishedDatum {
+                        metric: s.name,
+                        dimensions: s.labels,
+                        increase: d,
+                    })
+                    .collect(),
                 baselined,
                 dry_run,
             };
@@ -787,7 +838,8 @@ mod tests {
         let s = route_counters(parse_prometheus(text).unwrap());
         assert_eq!(s.len(), 2);
         assert_eq!(s[1].labels[0].1, "a\"b");
-        let prev: BTreeMap<String, f64> = [(sample_key(&s[0]), 5.0), (sample_key(&s[1]), 10.0)].into();
+        let prev: BTreeMap<String, f64> =
+            [(sample_key(&s[0]), 5.0), (sample_key(&s[1]), 10.0)].into();
         let d = deltas(&s, &prev);
         assert_eq!(d[0].1, 2.0);
         assert_eq!(d[1].1, 3.0, "a counter that went down was reset");

@@ -104,14 +104,18 @@ pub enum DnsError {
     Duplicate(String),
     #[error("--ttl {0}: a TTL is 0 to 2147483647 seconds")]
     Ttl(i64),
-    #[error("{name} has no weighted record with set identifier {id:?} in zone {zone} (it has: {known})")]
+    #[error(
+        "{name} has no weighted record with set identifier {id:?} in zone {zone} (it has: {known})"
+    )]
     UnknownSet {
         name: String,
         id: String,
         zone: String,
         known: String,
     },
-    #[error("{name} has no records in zone {zone} that can be changed here (alias records have no TTL)")]
+    #[error(
+        "{name} has no records in zone {zone} that can be changed here (alias records have no TTL)"
+    )]
     NoRecords { name: String, zone: String },
     #[error("zone {zone} is for {zone_name}, not {subdomain}")]
     WrongZone {
@@ -240,7 +244,9 @@ fn rows_table(rows: &[RecordRow]) -> String {
         t.push(vec![
             r.rtype.clone(),
             r.set_identifier.clone().unwrap_or_else(|| "-".into()),
-            r.weight.map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
+            r.weight
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "-".into()),
             r.share_percent
                 .map(|s| format!("{s}%"))
                 .unwrap_or_else(|| "-".into()),
@@ -284,7 +290,9 @@ fn state_path(dir: Option<&PathBuf>) -> Option<PathBuf> {
 
 fn read_state(path: &PathBuf) -> Result<StateFile> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| DnsError::State(path.clone(), e.to_string())),
+        Ok(text) => {
+            serde_json::from_str(&text).map_err(|e| DnsError::State(path.clone(), e.to_string()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
         Err(e) => Err(DnsError::State(path.clone(), e.to_string())),
     }
@@ -297,9 +305,11 @@ fn record_change(dir: Option<&PathBuf>, zone: &str, name: &str, c: LastChange) -
     let mut st = read_state(&path)?;
     st.changes.insert(format!("{zone} {name}"), c);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| DnsError::State(path.clone(), e.to_string()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| DnsError::State(path.clone(), e.to_string()))?;
     }
-    let text = serde_json::to_string_pretty(&st).map_err(|e| DnsError::State(path.clone(), e.to_string()))?;
+    let text = serde_json::to_string_pretty(&st)
+        .map_err(|e| DnsError::State(path.clone(), e.to_string()))?;
     // Write then rename, so a crash never leaves half a file.
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text).map_err(|e| DnsError::State(tmp.clone(), e.to_string()))?;
@@ -328,7 +338,8 @@ impl R53 {
     /// Every record set named `name` (any type, any set identifier), in Route53's order.
     async fn records(&self, name: &str) -> Result<Vec<ResourceRecordSet>> {
         let mut out = Vec::new();
-        let mut start: Option<(String, Option<RrType>, Option<String>)> = Some((name.to_string(), None, None));
+        let mut start: Option<(String, Option<RrType>, Option<String>)> =
+            Some((name.to_string(), None, None));
         // Bounded paging: a name has at most a few hundred record sets.
         for _ in 0..50 {
             let Some((sname, stype, sid)) = start.take() else {
@@ -364,7 +375,11 @@ impl R53 {
         Ok(out)
     }
 
-    async fn change(&self, changes: Vec<Change>, comment: &str) -> Result<(String, OffsetDateTime, ChangeStatus)> {
+    async fn change(
+        &self,
+        changes: Vec<Change>,
+        comment: &str,
+    ) -> Result<(String, OffsetDateTime, ChangeStatus)> {
         let batch = ChangeBatch::builder()
             .set_changes(Some(changes))
             .comment(comment)
@@ -378,9 +393,9 @@ impl R53 {
             .send()
             .await
             .map_err(|e| aws::classify("ChangeResourceRecordSets", e))?;
-        let info = out
-            .change_info
-            .ok_or_else(|| DnsError::Build("ChangeResourceRecordSets returned no ChangeInfo".into()))?;
+        let info = out.change_info.ok_or_else(|| {
+            DnsError::Build("ChangeResourceRecordSets returned no ChangeInfo".into())
+        })?;
         // Route53 answers `/change/C...`; the bare id is what people paste into GetChange.
         let id = info.id.trim_start_matches("/change/").to_string();
         Ok((id, smithy_to_time(&info.submitted_at), info.status))
@@ -454,9 +469,9 @@ impl Status {
                     c.previous_ttl
                 ));
                 match self.seconds_remaining {
-                    Some(0) | None => out.push_str(&format!(
-                        "every resolver has seen it (since {at})\n"
-                    )),
+                    Some(0) | None => {
+                        out.push_str(&format!("every resolver has seen it (since {at})\n"))
+                    }
                     Some(s) => out.push_str(&format!(
                         "every resolver will have seen it by {at} (in {})\n",
                         aws::human_duration(Duration::from_secs(s.unsigned_abs()))
@@ -497,7 +512,10 @@ struct Changed {
 
 impl Changed {
     fn human(&self) -> String {
-        let mut out = format!("{} for {} in zone {}\nbefore:\n", self.action, self.name, self.zone);
+        let mut out = format!(
+            "{} for {} in zone {}\nbefore:\n",
+            self.action, self.name, self.zone
+        );
         out.push_str(&rows_table(&self.before));
         out.push_str("after:\n");
         out.push_str(&rows_table(&self.after));
@@ -524,7 +542,9 @@ impl Changed {
             ));
         }
         if let Some(at) = &self.visible_everywhere_at {
-            out.push_str(&format!("every resolver will have the new records by {at}\n"));
+            out.push_str(&format!(
+                "every resolver will have the new records by {at}\n"
+            ));
         }
         out
     }
@@ -593,7 +613,10 @@ pub async fn run(args: Args) -> Result<Output> {
         Command::Shift { dry_run, wait, .. } => {
             let sets = sets.unwrap_or_default();
             let recs = r53.records(&name).await?;
-            let known: Vec<String> = recs.iter().filter_map(|r| r.set_identifier.clone()).collect();
+            let known: Vec<String> = recs
+                .iter()
+                .filter_map(|r| r.set_identifier.clone())
+                .collect();
             for id in sets.keys() {
                 if !recs
                     .iter()
@@ -603,7 +626,11 @@ pub async fn run(args: Args) -> Result<Output> {
                         name: name.clone(),
                         id: id.clone(),
                         zone: zone.clone(),
-                        known: if known.is_empty() { "none".into() } else { known.join(", ") },
+                        known: if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        },
                     });
                 }
             }
@@ -619,29 +646,41 @@ pub async fn run(args: Args) -> Result<Output> {
                 }
             }
             let mut notes = Vec::new();
-            if after.iter().filter(|r| r.weight.is_some()).all(|r| r.weight == Some(0)) {
-                notes.push("every weight is 0: Route53 then answers with every record equally".into());
+            if after
+                .iter()
+                .filter(|r| r.weight.is_some())
+                .all(|r| r.weight == Some(0))
+            {
+                notes.push(
+                    "every weight is 0: Route53 then answers with every record equally".into(),
+                );
             }
             let ttl = recs.iter().filter_map(|r| r.ttl).max().unwrap_or(0);
             let action = format!(
                 "shift weights ({})",
-                sets.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+                sets.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
-            finish(&r53, Pending {
-                action,
-                kind: "shift",
-                name,
-                before: rows(&recs),
-                after: rows(&after),
-                changes,
-                previous_ttl: ttl,
-                ttl,
-                notes,
-                dry_run,
-                wait,
-                state_dir,
-                json,
-            })
+            finish(
+                &r53,
+                Pending {
+                    action,
+                    kind: "shift",
+                    name,
+                    before: rows(&recs),
+                    after: rows(&after),
+                    changes,
+                    previous_ttl: ttl,
+                    ttl,
+                    notes,
+                    dry_run,
+                    wait,
+                    state_dir,
+                    json,
+                },
+            )
             .await
         }
         Command::LowerTtl { ttl, dry_run, wait } => {
@@ -677,21 +716,24 @@ pub async fn run(args: Args) -> Result<Output> {
                     "wait {previous}s (the old TTL) after this change is INSYNC before shifting, so every resolver uses the {ttl}s TTL"
                 ));
             }
-            finish(&r53, Pending {
-                action: format!("set TTL to {ttl}s"),
-                kind: "lower-ttl",
-                name,
-                before: rows(&recs),
-                after: rows(&after),
-                changes,
-                previous_ttl: previous,
-                ttl,
-                notes,
-                dry_run,
-                wait,
-                state_dir,
-                json,
-            })
+            finish(
+                &r53,
+                Pending {
+                    action: format!("set TTL to {ttl}s"),
+                    kind: "lower-ttl",
+                    name,
+                    before: rows(&recs),
+                    after: rows(&after),
+                    changes,
+                    previous_ttl: previous,
+                    ttl,
+                    notes,
+                    dry_run,
+                    wait,
+                    state_dir,
+                    json,
+                },
+            )
             .await
         }
         Command::Delegate {
@@ -708,7 +750,11 @@ pub async fn run(args: Args) -> Result<Output> {
                 .send()
                 .await
                 .map_err(|e| aws::classify("GetHostedZone", e))?;
-            let child_name = child.hosted_zone.as_ref().map(|z| fqdn(&z.name)).unwrap_or_default();
+            let child_name = child
+                .hosted_zone
+                .as_ref()
+                .map(|z| fqdn(&z.name))
+                .unwrap_or_default();
             if child_name != name {
                 return Err(DnsError::WrongZone {
                     zone: to_zone,
@@ -728,7 +774,11 @@ pub async fn run(args: Args) -> Result<Output> {
                 .send()
                 .await
                 .map_err(|e| aws::classify("GetHostedZone", e))?;
-            let parent_name = parent.hosted_zone.as_ref().map(|z| fqdn(&z.name)).unwrap_or_default();
+            let parent_name = parent
+                .hosted_zone
+                .as_ref()
+                .map(|z| fqdn(&z.name))
+                .unwrap_or_default();
             if !name.ends_with(&format!(".{parent_name}")) {
                 return Err(DnsError::NotBelow {
                     subdomain: name,
@@ -737,8 +787,10 @@ pub async fn run(args: Args) -> Result<Output> {
                 });
             }
             let recs = r53.records(&name).await?;
-            let before_ns: Vec<ResourceRecordSet> =
-                recs.into_iter().filter(|r| r.r#type == RrType::Ns).collect();
+            let before_ns: Vec<ResourceRecordSet> = recs
+                .into_iter()
+                .filter(|r| r.r#type == RrType::Ns)
+                .collect();
             let previous = before_ns.iter().filter_map(|r| r.ttl).max().unwrap_or(0);
             let ns = ResourceRecordSet::builder()
                 .name(&name)
@@ -758,21 +810,24 @@ pub async fn run(args: Args) -> Result<Output> {
             } else {
                 vec![upsert(ns.clone())?]
             };
-            finish(&r53, Pending {
-                action: format!("delegate {name} to zone {to_zone}"),
-                kind: "delegate",
-                name,
-                before: rows(&before_ns),
-                after: rows(&[ns]),
-                changes,
-                previous_ttl: previous,
-                ttl,
-                notes: Vec::new(),
-                dry_run,
-                wait,
-                state_dir,
-                json,
-            })
+            finish(
+                &r53,
+                Pending {
+                    action: format!("delegate {name} to zone {to_zone}"),
+                    kind: "delegate",
+                    name,
+                    before: rows(&before_ns),
+                    after: rows(&[ns]),
+                    changes,
+                    previous_ttl: previous,
+                    ttl,
+                    notes: Vec::new(),
+                    dry_run,
+                    wait,
+                    state_dir,
+                    json,
+                },
+            )
             .await
         }
     }
@@ -845,11 +900,26 @@ mod tests {
     fn sets_are_validated() {
         let ok = parse_sets(&["old=90".into(), "new=10".into()]).unwrap();
         assert_eq!(ok.get("old"), Some(&90));
-        assert!(matches!(parse_sets(&["a=256".into()]), Err(DnsError::Weight { .. })));
-        assert!(matches!(parse_sets(&["a=-1".into()]), Err(DnsError::Weight { .. })));
-        assert!(matches!(parse_sets(&["a=1.5".into()]), Err(DnsError::Weight { .. })));
-        assert!(matches!(parse_sets(&["a".into()]), Err(DnsError::SetSyntax(_))));
-        assert!(matches!(parse_sets(&["a=1".into(), "a=2".into()]), Err(DnsError::Duplicate(_))));
+        assert!(matches!(
+            parse_sets(&["a=256".into()]),
+            Err(DnsError::Weight { .. })
+        ));
+        assert!(matches!(
+            parse_sets(&["a=-1".into()]),
+            Err(DnsError::Weight { .. })
+        ));
+        assert!(matches!(
+            parse_sets(&["a=1.5".into()]),
+            Err(DnsError::Weight { .. })
+        ));
+        assert!(matches!(
+            parse_sets(&["a".into()]),
+            Err(DnsError::SetSyntax(_))
+        ));
+        assert!(matches!(
+            parse_sets(&["a=1".into(), "a=2".into()]),
+            Err(DnsError::Duplicate(_))
+        ));
     }
 
     #[test]
@@ -867,7 +937,12 @@ mod tests {
                 .set_identifier(id)
                 .weight(w)
                 .ttl(60)
-                .resource_records(ResourceRecord::builder().value("192.0.2.1").build().unwrap())
+                .resource_records(
+                    ResourceRecord::builder()
+                        .value("192.0.2.1")
+                        .build()
+                        .unwrap(),
+                )
                 .build()
                 .unwrap()
         };

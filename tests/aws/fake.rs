@@ -132,7 +132,11 @@ fn resp(status: StatusCode, ctype: &str, body: String, headers: &[(&str, String)
 }
 
 fn xml_error(status: StatusCode, ns: &str, code: &str, msg: &str) -> Resp {
-    let kind = if status.is_server_error() { "Receiver" } else { "Sender" };
+    let kind = if status.is_server_error() {
+        "Receiver"
+    } else {
+        "Sender"
+    };
     resp(
         status,
         "text/xml",
@@ -166,7 +170,9 @@ fn tags<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn now_rfc3339() -> String {
@@ -203,7 +209,12 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
     match (method, parts.as_slice()) {
         (Method::GET, ["2020-05-31", "distribution", id, "config"]) => {
             if *id != s.cf_id {
-                return xml_error(StatusCode::NOT_FOUND, CF_NS, "NoSuchDistribution", "The specified distribution does not exist.");
+                return xml_error(
+                    StatusCode::NOT_FOUND,
+                    CF_NS,
+                    "NoSuchDistribution",
+                    "The specified distribution does not exist.",
+                );
             }
             let out = resp(
                 StatusCode::OK,
@@ -223,7 +234,12 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
         }
         (Method::GET, ["2020-05-31", "distribution", id]) => {
             if *id != s.cf_id {
-                return xml_error(StatusCode::NOT_FOUND, CF_NS, "NoSuchDistribution", "The specified distribution does not exist.");
+                return xml_error(
+                    StatusCode::NOT_FOUND,
+                    CF_NS,
+                    "NoSuchDistribution",
+                    "The specified distribution does not exist.",
+                );
             }
             let status = if s.cf_in_progress > 0 {
                 s.cf_in_progress -= 1;
@@ -236,7 +252,12 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
         }
         (Method::PUT, ["2020-05-31", "distribution", id, "config"]) => {
             if *id != s.cf_id {
-                return xml_error(StatusCode::NOT_FOUND, CF_NS, "NoSuchDistribution", "The specified distribution does not exist.");
+                return xml_error(
+                    StatusCode::NOT_FOUND,
+                    CF_NS,
+                    "NoSuchDistribution",
+                    "The specified distribution does not exist.",
+                );
             }
             if if_match.as_deref() != Some(s.cf_etag().as_str()) {
                 s.cf_updates_rejected += 1;
@@ -248,7 +269,12 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
                 );
             }
             let Some(start) = body.find("<DistributionConfig") else {
-                return xml_error(StatusCode::BAD_REQUEST, CF_NS, "MalformedInput", "no DistributionConfig");
+                return xml_error(
+                    StatusCode::BAD_REQUEST,
+                    CF_NS,
+                    "MalformedInput",
+                    "no DistributionConfig",
+                );
             };
             s.cf_config = body[start..].trim().to_string();
             s.cf_version += 1;
@@ -259,13 +285,21 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
         }
         (Method::GET, ["restapis", api, "stages", stage]) => {
             if *api != s.api_id || *stage != s.stage_name {
-                return json_error(StatusCode::NOT_FOUND, "NotFoundException", "Invalid stage identifier specified");
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    "NotFoundException",
+                    "Invalid stage identifier specified",
+                );
             }
             resp(StatusCode::OK, "application/json", s.stage.to_string(), &[])
         }
         (Method::GET, ["restapis", api, "deployments"]) => {
             if *api != s.api_id {
-                return json_error(StatusCode::NOT_FOUND, "NotFoundException", "Invalid API identifier specified");
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    "NotFoundException",
+                    "Invalid API identifier specified",
+                );
             }
             resp(
                 StatusCode::OK,
@@ -276,10 +310,17 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
         }
         (Method::PATCH, ["restapis", api, "stages", stage]) => {
             if *api != s.api_id || *stage != s.stage_name {
-                return json_error(StatusCode::NOT_FOUND, "NotFoundException", "Invalid stage identifier specified");
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    "NotFoundException",
+                    "Invalid stage identifier specified",
+                );
             }
             let ops: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let ops = ops["patchOperations"].as_array().cloned().unwrap_or_default();
+            let ops = ops["patchOperations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             // All or nothing, as the service: apply to a copy, keep it only if every op is valid.
             let mut stage = s.stage.clone();
             for op in &ops {
@@ -294,16 +335,27 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
         }
         (Method::GET, ["2013-04-01", "hostedzone", zone, "rrset"]) => {
             if *zone != s.zone_id {
-                return xml_error(StatusCode::NOT_FOUND, R53_NS, "NoSuchHostedZone", "No hosted zone found");
+                return xml_error(
+                    StatusCode::NOT_FOUND,
+                    R53_NS,
+                    "NoSuchHostedZone",
+                    "No hosted zone found",
+                );
             }
             let start = query
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("name="))
                 .map(|n| n.replace("%2A", "*").to_ascii_lowercase())
                 .unwrap_or_default();
-            let start = if start.ends_with('.') || start.is_empty() { start } else { format!("{start}.") };
+            let start = if start.ends_with('.') || start.is_empty() {
+                start
+            } else {
+                format!("{start}.")
+            };
             let mut recs: Vec<&Rec> = s.records.iter().filter(|r| r.name >= start).collect();
-            recs.sort_by(|a, b| (&a.name, &a.rtype, &a.set_id).cmp(&(&b.name, &b.rtype, &b.set_id)));
+            recs.sort_by(|a, b| {
+                (&a.name, &a.rtype, &a.set_id).cmp(&(&b.name, &b.rtype, &b.set_id))
+            });
             let mut xml = format!("<?xml version=\"1.0\"?>\n<ListResourceRecordSetsResponse xmlns=\"{R53_NS}\"><ResourceRecordSets>");
             for r in recs {
                 xml.push_str(&rec_xml(r));
@@ -313,13 +365,23 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
         }
         (Method::POST, ["2013-04-01", "hostedzone", zone, "rrset"]) => {
             if *zone != s.zone_id {
-                return xml_error(StatusCode::NOT_FOUND, R53_NS, "NoSuchHostedZone", "No hosted zone found");
+                return xml_error(
+                    StatusCode::NOT_FOUND,
+                    R53_NS,
+                    "NoSuchHostedZone",
+                    "No hosted zone found",
+                );
             }
             let mut next = s.records.clone();
             for change in tags(&body, "Change") {
                 let action = tags(change, "Action").first().copied().unwrap_or("");
                 if action != "UPSERT" {
-                    return xml_error(StatusCode::BAD_REQUEST, R53_NS, "InvalidChangeBatch", "the fake serves UPSERT only");
+                    return xml_error(
+                        StatusCode::BAD_REQUEST,
+                        R53_NS,
+                        "InvalidChangeBatch",
+                        "the fake serves UPSERT only",
+                    );
                 }
                 let one = |t: &str| tags(change, t).first().map(|v| v.to_string());
                 let mut name = one("Name").unwrap_or_default().to_ascii_lowercase();
@@ -332,14 +394,25 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
                     set_id: one("SetIdentifier"),
                     weight: one("Weight").and_then(|w| w.parse().ok()),
                     ttl: one("TTL").and_then(|w| w.parse().ok()),
-                    values: tags(change, "Value").iter().map(|v| v.to_string()).collect(),
+                    values: tags(change, "Value")
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect(),
                 };
                 if let Some(w) = rec.weight {
                     if !(0..=255).contains(&w) {
-                        return xml_error(StatusCode::BAD_REQUEST, R53_NS, "InvalidInput", "Weight must be between 0 and 255");
+                        return xml_error(
+                            StatusCode::BAD_REQUEST,
+                            R53_NS,
+                            "InvalidInput",
+                            "Weight must be between 0 and 255",
+                        );
                     }
                 }
-                match next.iter_mut().find(|r| r.name == rec.name && r.rtype == rec.rtype && r.set_id == rec.set_id) {
+                match next
+                    .iter_mut()
+                    .find(|r| r.name == rec.name && r.rtype == rec.rtype && r.set_id == rec.set_id)
+                {
                     Some(r) => *r = rec,
                     None => next.push(rec),
                 }
@@ -358,7 +431,12 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
         (Method::GET, ["2013-04-01", "change", id]) => {
             let id = id.to_string();
             let Some(left) = s.changes.get_mut(&id) else {
-                return xml_error(StatusCode::NOT_FOUND, R53_NS, "NoSuchChange", "A change with the specified change ID does not exist.");
+                return xml_error(
+                    StatusCode::NOT_FOUND,
+                    R53_NS,
+                    "NoSuchChange",
+                    "A change with the specified change ID does not exist.",
+                );
             };
             let status = if *left > 0 {
                 *left -= 1;
@@ -391,9 +469,16 @@ fn distribution_xml(s: &State, status: &str) -> String {
 }
 
 fn rec_xml(r: &Rec) -> String {
-    let mut x = format!("<ResourceRecordSet><Name>{}</Name><Type>{}</Type>", xml_escape(&r.name), r.rtype);
+    let mut x = format!(
+        "<ResourceRecordSet><Name>{}</Name><Type>{}</Type>",
+        xml_escape(&r.name),
+        r.rtype
+    );
     if let Some(id) = &r.set_id {
-        x.push_str(&format!("<SetIdentifier>{}</SetIdentifier>", xml_escape(id)));
+        x.push_str(&format!(
+            "<SetIdentifier>{}</SetIdentifier>",
+            xml_escape(id)
+        ));
     }
     if let Some(w) = r.weight {
         x.push_str(&format!("<Weight>{w}</Weight>"));
@@ -403,7 +488,10 @@ fn rec_xml(r: &Rec) -> String {
     }
     x.push_str("<ResourceRecords>");
     for v in &r.values {
-        x.push_str(&format!("<ResourceRecord><Value>{}</Value></ResourceRecord>", xml_escape(v)));
+        x.push_str(&format!(
+            "<ResourceRecord><Value>{}</Value></ResourceRecord>",
+            xml_escape(v)
+        ));
     }
     x.push_str("</ResourceRecords></ResourceRecordSet>");
     x
@@ -475,7 +563,10 @@ pub fn cf_config_xml(behaviors: &[(&str, &str)], default: &str, comment: &str) -
     let behaviors_xml = if behaviors.is_empty() {
         "<CacheBehaviors><Quantity>0</Quantity></CacheBehaviors>".to_string()
     } else {
-        format!("<CacheBehaviors><Quantity>{}</Quantity><Items>{items}</Items></CacheBehaviors>", behaviors.len())
+        format!(
+            "<CacheBehaviors><Quantity>{}</Quantity><Items>{items}</Items></CacheBehaviors>",
+            behaviors.len()
+        )
     };
     format!(
         "<DistributionConfig xmlns=\"{CF_NS}\"><CallerReference>fake-ref</CallerReference><Origins><Quantity>3</Quantity><Items>{origins}</Items></Origins><DefaultCacheBehavior><TargetOriginId>{default}</TargetOriginId><ViewerProtocolPolicy>redirect-to-https</ViewerProtocolPolicy><Compress>true</Compress><CachePolicyId>4135ea2d-6df8-44a3-9df3-4b5a84be39ad</CachePolicyId></DefaultCacheBehavior>{behaviors_xml}<Comment>{comment}</Comment><Enabled>true</Enabled></DistributionConfig>"
