@@ -1216,6 +1216,32 @@ async fn dns_status_shift_lower_ttl_on_moto() {
     assert!(after.iter().all(|r| r.2 == Some(60)), "{after:?}");
     assert_eq!(after[1].1, Some(90), "weights kept");
     assert_eq!(records(&r53, &zone, &other).await, other_before);
+
+    // A shift right after lowering the TTL: answers cached with the old 300 s TTL may live
+    // until 300 s after the lower-ttl change, not 60 s after the shift; both are said.
+    let r = switchyard(
+        m,
+        h,
+        &with(&["shift", "--set", "old=50", "--set", "new=50", "--json"]),
+    )
+    .await;
+    let j = r.ok().json();
+    let notes = j["notes"].to_string();
+    assert!(
+        notes.contains("lower-ttl") && notes.contains("not yet seen everywhere"),
+        "{j}"
+    );
+    let st = switchyard(m, h, &with(&["status", "--json"]))
+        .await
+        .ok()
+        .json();
+    assert_eq!(st["last_change"]["action"], "shift");
+    assert_eq!(st["last_change"]["previous_ttl"], 60);
+    let left = st["seconds_remaining"].as_i64().unwrap();
+    assert!(
+        (280..=300).contains(&left),
+        "horizon of the old TTL kept: {st}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

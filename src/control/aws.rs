@@ -25,7 +25,7 @@ pub struct AwsArgs {
     #[arg(long, global = true, value_name = "REGION")]
     pub region: Option<String>,
     /// Attempts per call, first one included; throttling, 5xx and transient network errors are
-    /// retried with exponential backoff and jitter. Default 5.
+    /// retried with exponential backoff and jitter.
     #[arg(long, global = true, default_value_t = 5, value_name = "N")]
     pub max_attempts: u32,
     /// Print the result as JSON on stdout instead of text.

@@ -60,10 +60,10 @@ pub enum Command {
         /// counts, Average for latencies and durations.
         #[arg(long, value_name = "STAT")]
         stat: Option<String>,
-        /// How far back from now. Default 5m.
+        /// How far back from now.
         #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
         window: Duration,
-        /// Length of each datapoint, a multiple of 60s. Default 1m.
+        /// Length of each datapoint, a multiple of 60s.
         #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
         period: Duration,
     },
@@ -79,10 +79,9 @@ pub enum Command {
         #[arg(long, value_name = "MS")]
         max_latency_ms: Option<f64>,
         /// Fewer requests than this in the window closes the gate (no evidence is not health).
-        /// Default 1.
         #[arg(long, default_value_t = 1.0, value_name = "N")]
         min_requests: f64,
-        /// How far back from now. Default 5m.
+        /// How far back from now.
         #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
         window: Duration,
     },
@@ -92,7 +91,7 @@ pub enum Command {
         /// A file, `-` for stdin, or an `http://` URL (the admin API's `/metrics`).
         #[arg(long, value_name = "FILE|URL")]
         from: String,
-        /// CloudWatch namespace. Default Switchyard.
+        /// CloudWatch namespace.
         #[arg(long, default_value = "Switchyard", value_name = "NAMESPACE")]
         namespace: String,
         /// Where the previous values are kept. Default as for `dns`: `$SWITCHYARD_STATE_DIR`, else

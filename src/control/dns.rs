@@ -76,7 +76,7 @@ pub enum Command {
         /// The hosted zone that serves the subdomain.
         #[arg(long, value_name = "ID")]
         to_zone: String,
-        /// TTL of the NS records. Default 172800 (two days, as registries use).
+        /// TTL of the NS records (two days, as registries use).
         #[arg(long, default_value_t = 172_800, value_name = "SECONDS")]
         ttl: i64,
         /// Show the change batch and stop before sending it.
@@ -269,6 +269,27 @@ pub struct LastChange {
     pub previous_ttl: i64,
     /// The largest TTL after it.
     pub ttl: i64,
+    /// RFC 3339: when no resolver can hold an answer from before this change any more. Later
+    /// than `submitted_at + previous_ttl` when an earlier change (a TTL lowered shortly before)
+    /// still had answers cached with a longer TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible_everywhere_at: Option<String>,
+}
+
+impl LastChange {
+    /// When every resolver has seen this change (see `visible_everywhere_at`).
+    pub fn horizon(&self) -> Option<OffsetDateTime> {
+        let own = parse_rfc3339(&self.submitted_at)
+            .map(|t| t + time::Duration::seconds(self.previous_ttl));
+        let recorded = self
+            .visible_everywhere_at
+            .as_deref()
+            .and_then(parse_rfc3339);
+        match (own, recorded) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// The state file: last change per `ZONE NAME`.
@@ -295,6 +316,14 @@ fn read_state(path: &PathBuf) -> Result<StateFile> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
         Err(e) => Err(DnsError::State(path.clone(), e.to_string())),
+    }
+}
+
+/// The last change switchyard recorded for `zone name`, if any.
+fn last_change(dir: Option<&PathBuf>, zone: &str, name: &str) -> Result<Option<LastChange>> {
+    match state_path(dir) {
+        Some(p) => Ok(read_state(&p)?.changes.remove(&format!("{zone} {name}"))),
+        None => Ok(None),
     }
 }
 
@@ -579,10 +608,7 @@ pub async fn run(args: Args) -> Result<Output> {
     match args.cmd {
         Command::Status => {
             let recs = r53.records(&name).await?;
-            let last = match state_path(state_dir.as_ref()) {
-                Some(p) => read_state(&p)?.changes.remove(&format!("{zone} {name}")),
-                None => None,
-            };
+            let last = last_change(state_dir.as_ref(), &zone, &name)?;
             let mut st = Status {
                 zone,
                 name,
@@ -594,8 +620,7 @@ pub async fn run(args: Args) -> Result<Output> {
             };
             if let Some(c) = last {
                 let status = r53.change_status(&c.change_id).await?;
-                if let Some(sub) = parse_rfc3339(&c.submitted_at) {
-                    let at = sub + time::Duration::seconds(c.previous_ttl);
+                if let Some(at) = c.horizon() {
                     let left = (at - OffsetDateTime::now_utc()).whole_seconds().max(0);
                     // While PENDING, the change has not reached every Route53 server yet.
                     st.seconds_remaining = Some(if status == ChangeStatus::Insync {
@@ -864,11 +889,26 @@ async fn finish(r53: &R53, p: Pending) -> Result<Output> {
         visible_everywhere_at: None,
         notes: p.notes,
     };
+    // Answers cached before an earlier change (typically the TTL lowered just before a shift)
+    // may outlive this change's own TTL: carry that horizon forward and say so.
+    let prior = last_change(p.state_dir.as_ref(), &r53.zone, &p.name)?
+        .and_then(|c| c.horizon().map(|h| (c, h)))
+        .filter(|(_, h)| *h > OffsetDateTime::now_utc());
+    if let Some((c, h)) = &prior {
+        out.notes.push(format!(
+            "the earlier {} ({}) is not yet seen everywhere: resolvers may keep answers from before it until {}",
+            c.action,
+            c.change_id,
+            rfc3339(*h)
+        ));
+    }
     if p.dry_run || p.changes.is_empty() {
         return Ok(Output::new(p.json, &out, Changed::human));
     }
     let comment = format!("switchyard dns {}", p.kind);
     let (id, submitted, status) = r53.change(p.changes, &comment).await?;
+    let own = submitted + time::Duration::seconds(p.previous_ttl);
+    let horizon = prior.map_or(own, |(_, h)| h.max(own));
     // Recorded before waiting, so an interrupted wait still leaves `status` its facts.
     record_change(
         p.state_dir.as_ref(),
@@ -880,9 +920,10 @@ async fn finish(r53: &R53, p: Pending) -> Result<Output> {
             action: p.kind.to_string(),
             previous_ttl: p.previous_ttl,
             ttl: p.ttl,
+            visible_everywhere_at: Some(rfc3339(horizon)),
         },
     )?;
-    out.visible_everywhere_at = Some(rfc3339(submitted + time::Duration::seconds(p.previous_ttl)));
+    out.visible_everywhere_at = Some(rfc3339(horizon));
     out.status = Some(status.as_str().to_string());
     if let Some(took) = r53.wait(&id, &p.wait).await? {
         out.insync_after_secs = Some(took.as_secs_f64());
