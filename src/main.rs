@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "Edge proxy and control plane for moving live traffic")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Edge proxy and control plane for moving live traffic"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,

@@ -27,8 +27,8 @@ pub enum ControlCommand {
 }
 
 /// Runs one AWS subcommand to completion. Failures are printed here, as one line on stderr,
-/// and become exit code 2; exit code 1 means a check said no (`metrics gate`, a plan that
-/// changed under `cloudfront apply`); 0 is success. `Err` is only returned if stdout cannot be
+/// and become exit code 2 (this includes `cloudfront apply` stopping because the distribution
+/// changed under it); exit code 1 means a check said no (`metrics gate` closed); 0 is success. `Err` is only returned if stdout cannot be
 /// written.
 pub async fn run(cmd: ControlCommand) -> anyhow::Result<ExitCode> {
     let result = match cmd {
