@@ -114,11 +114,15 @@ pub enum FallbackReason {
     ConnectError,
     Timeout,
     Status5xx,
+    /// The connection failed after the request was (partly) sent: closed, reset, or an
+    /// unreadable answer, before any response header reached the client.
+    UpstreamError,
     /// Every upstream was down; tried anyway.
     AllDown,
 }
 
 impl FallbackReason {
+    /// The `reason` label of `switchyard_fallbacks_total` and the access log's `fallback`.
     pub fn as_str(self) -> &'static str {
         match self {
             FallbackReason::Unhealthy => "unhealthy",
@@ -126,6 +130,7 @@ impl FallbackReason {
             FallbackReason::ConnectError => "connect_error",
             FallbackReason::Timeout => "timeout",
             FallbackReason::Status5xx => "5xx",
+            FallbackReason::UpstreamError => "upstream_error",
             FallbackReason::AllDown => "all_down",
         }
     }
@@ -176,6 +181,90 @@ pub fn may_replay(method: &Method, sent: bool, body_whole: bool, route: &Route) 
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     );
     (idempotent || route.retry_non_idempotent) && body_whole
+}
+
+/// What is known about a request body when a retry is being decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyState {
+    /// The request's `Content-Length`, if it has one.
+    pub declared: Option<u64>,
+    /// Most body bytes seen in one attempt so far.
+    pub seen: usize,
+    /// The client has sent the whole body.
+    pub done: bool,
+    /// Pingora's replay buffer (64 KiB) overflowed: some bytes could not be replayed.
+    pub truncated: bool,
+}
+
+/// Whether the request body is "buffered whole" within the route's `limit`, so a replay sends
+/// exactly what the client sent. A declared length above the limit fails at once, even when
+/// the upstream answered before the body was read; a body of unknown length (chunked) counts
+/// only once it is complete.
+pub fn body_whole(b: &BodyState, limit: usize) -> bool {
+    let limit = limit as u64;
+    !b.truncated
+        && (b.seen as u64) <= limit
+        && match b.declared {
+            Some(n) => n <= limit,
+            None => b.done,
+        }
+}
+
+/// How an attempt failed after its connection was made (5xx answers are decided apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptError {
+    /// No response within the upstream's read (or write) timeout.
+    Timeout,
+    /// A pooled connection was found closed before any answer: usually the upstream closed an
+    /// idle connection, not evidence that it is failing (pingora's "reused only" retry).
+    StalePooled,
+    /// Any other upstream failure: reset, closed, unreadable answer.
+    Upstream,
+    /// The client's side or our own: never retried, nothing to blame on the upstream.
+    Other,
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Try the same upstream again on a new connection.
+    Same,
+    /// Move to the next upstream in the order, counted with this reason.
+    Fallback(FallbackReason),
+    /// Answer the client with the error.
+    GiveUp,
+}
+
+/// Decides the next step after `err`. `replayable`: the request may be sent again (nothing
+/// reached the client yet, and [`may_replay`] allows it). `can_fall_back`: not forced by the
+/// override header and a next upstream exists. `retried_stale`: this request already retried
+/// a stale pooled connection once. Returns the step and whether the failure counts against
+/// the upstream for outlier detection.
+pub fn after_error(
+    err: AttemptError,
+    replayable: bool,
+    can_fall_back: bool,
+    retried_stale: bool,
+) -> (NextStep, bool) {
+    let reason = match err {
+        AttemptError::Other => return (NextStep::GiveUp, false),
+        AttemptError::StalePooled if !retried_stale => {
+            let step = if replayable {
+                NextStep::Same
+            } else {
+                NextStep::GiveUp
+            };
+            return (step, false);
+        }
+        AttemptError::Timeout => FallbackReason::Timeout,
+        AttemptError::StalePooled | AttemptError::Upstream => FallbackReason::UpstreamError,
+    };
+    let step = if replayable && can_fall_back {
+        NextStep::Fallback(reason)
+    } else {
+        NextStep::GiveUp
+    };
+    (step, true)
 }
 
 /// The path (with query) to send upstream: `strip_prefix` removed if present, then
@@ -234,6 +323,67 @@ mod tests {
             rewrite_path("/api", Some("/api"), Some("/prod")).as_deref(),
             Some("/prod/")
         );
+    }
+
+    #[test]
+    fn bodies() {
+        let b = |declared, seen, done, truncated| BodyState {
+            declared,
+            seen,
+            done,
+            truncated,
+        };
+        assert!(body_whole(&b(None, 0, true, false), 1024), "no body");
+        assert!(body_whole(&b(Some(1024), 1024, true, false), 1024));
+        assert!(
+            !body_whole(&b(Some(1025), 0, false, false), 1024),
+            "declared over"
+        );
+        assert!(
+            body_whole(&b(Some(1000), 10, false, false), 1024),
+            "rest will follow"
+        );
+        assert!(
+            !body_whole(&b(None, 10, false, false), 1024),
+            "chunked, unfinished"
+        );
+        assert!(
+            !body_whole(&b(None, 2000, true, false), 1024),
+            "chunked, over"
+        );
+        assert!(
+            !body_whole(&b(Some(10), 10, true, true), 1024),
+            "pingora truncated"
+        );
+    }
+
+    #[test]
+    fn steps_after_errors() {
+        use AttemptError::*;
+        use NextStep::*;
+        // A stale pooled connection: same upstream once, not blamed; then like any failure.
+        assert_eq!(after_error(StalePooled, true, true, false), (Same, false));
+        assert_eq!(after_error(StalePooled, true, false, false), (Same, false));
+        assert_eq!(
+            after_error(StalePooled, false, true, false),
+            (GiveUp, false)
+        );
+        assert_eq!(
+            after_error(StalePooled, true, true, true),
+            (Fallback(FallbackReason::UpstreamError), true)
+        );
+        assert_eq!(
+            after_error(Timeout, true, true, false),
+            (Fallback(FallbackReason::Timeout), true)
+        );
+        assert_eq!(after_error(Timeout, false, true, false), (GiveUp, true));
+        assert_eq!(after_error(Timeout, true, false, false), (GiveUp, true));
+        assert_eq!(
+            after_error(Upstream, true, true, false),
+            (Fallback(FallbackReason::UpstreamError), true)
+        );
+        assert_eq!(after_error(Upstream, false, true, false), (GiveUp, true));
+        assert_eq!(after_error(Other, true, true, false), (GiveUp, false));
     }
 
     #[test]
