@@ -500,7 +500,7 @@ async fn killed_backend_under_load_no_client_errors_then_recovers() {
     for w in workers {
         w.await.unwrap();
     }
-    let failures = failures.lock().unwrap();
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
     let ok = ok.load(Ordering::Relaxed);
     eprintln!("chaos: {ok} ok, {} failed", failures.len());
     assert!(
