@@ -403,6 +403,9 @@ async fn killed_backend_under_load_no_client_errors_then_recovers() {
         upstream("legacy", &legacy, ""),
         upstream("new", &new, health),
     );
+    // Each answer takes 30 ms, so the kill always catches requests in flight on new.
+    new.state.delay_ms.store(30, Ordering::SeqCst);
+    legacy.state.delay_ms.store(30, Ordering::SeqCst);
     let dir = routes_dir(&routes);
     let p = Proxy::start_env(
         dir.path(),
@@ -421,17 +424,17 @@ async fn killed_backend_under_load_no_client_errors_then_recovers() {
     )
     .await;
 
-    // ~400 requests/s: 8 clients with keep-alive, 20 ms apart each.
+    // ~400 requests/s: 16 clients with keep-alive, each starting a request every 40 ms.
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut workers = Vec::new();
-    for w in 0..8 {
+    for w in 0..16 {
         let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
         let url = p.url(&format!("/item/{w}"));
         workers.push(tokio::spawn(async move {
             let c = client();
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(Duration::from_millis(40));
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 match send(&c, "GET", &url, &[], Bytes::new()).await {
@@ -582,6 +585,42 @@ async fn failing_backend_5xx_replays_idempotent_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_falls_back_for_idempotent_requests_only() {
+    let legacy = Origin::start("legacy").await;
+    let new = Origin::start("new").await;
+    new.state.set_mode(Mode::Close);
+    let routes = format!(
+        "{}{}[[routes]]\nid = \"d\"\npath = \"/*\"\nto = \"new\"\nfallback = \"legacy\"\n",
+        upstream("legacy", &legacy, ""),
+        upstream("new", &new, "outlier = { consecutive_failures = 0 }"),
+    );
+    let dir = routes_dir(&routes);
+    let p = Proxy::start(dir.path()).await;
+    let c = client();
+    // Fresh connections to new: the request is sent, then the connection closes unanswered.
+    for _ in 0..3 {
+        let r = send(&c, "GET", &p.url("/x"), &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(answered_by(&r), "legacy");
+    }
+    let r = send(&c, "PUT", &p.url("/x"), &[], "v=1").await.unwrap();
+    assert_eq!(answered_by(&r), "legacy");
+    assert_eq!(new.state.count("GET"), 3);
+    // The POST may have been acted on: it is not replayed.
+    let r = send(&c, "POST", &p.url("/x"), &[], "v=1").await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(legacy.state.count("POST"), 0);
+    assert_eq!(new.state.count("POST"), 1);
+    let m = metrics(&p).await;
+    assert_eq!(
+        fallbacks(&m, "d", "new", "legacy", "upstream_error"),
+        4.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_ejection_grows_and_one_trial_decides() {
     let legacy = Origin::start("legacy").await;
     let new = Origin::start("new").await;
@@ -687,13 +726,17 @@ async fn hanging_backend_times_out_to_legacy() {
 async fn body_over_the_retry_limit_is_not_replayed() {
     let legacy = Origin::start("legacy").await;
     let new = Origin::start("new").await;
+    let mid = Origin::start("mid").await;
     new.state.set_mode(Mode::Error500);
+    mid.state.set_mode(Mode::Error500);
     let routes = format!(
-        "{}{}\
+        "{}{}{}\
          [[routes]]\nid = \"small\"\npath = \"/small\"\nto = \"new\"\nfallback = \"legacy\"\nretry_buffer_bytes = 1024\n\
-         [[routes]]\nid = \"default\"\npath = \"/default\"\nto = \"new\"\nfallback = \"legacy\"\n",
+         [[routes]]\nid = \"default\"\npath = \"/default\"\nto = \"new\"\nfallback = \"legacy\"\n\
+         [[routes]]\nid = \"chain\"\npath = \"/chain\"\nto = \"new\"\nfallback = [\"mid\", \"legacy\"]\n",
         upstream("legacy", &legacy, ""),
         upstream("new", &new, ""),
+        upstream("mid", &mid, ""),
     );
     let dir = routes_dir(&routes);
     let p = Proxy::start(dir.path()).await;
@@ -702,6 +745,11 @@ async fn body_over_the_retry_limit_is_not_replayed() {
         let (c, url) = (c.clone(), p.url(path));
         async move { send(&c, "PUT", &url, &[], vec![b'b'; len]).await.unwrap() }
     };
+    // Replayed twice (new, then mid, then legacy): the body still counts once against the limit.
+    let r = put("/chain", 40_000).await;
+    assert_eq!(answered_by(&r), "legacy");
+    assert_eq!(r.json()["body_len"], 40_000);
+    assert_eq!(mid.state.count("PUT"), 1);
     let cases = [
         ("/small", 1024, Some(1024)),
         ("/small", 1025, None),

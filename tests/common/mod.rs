@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +29,8 @@ pub enum Mode {
     Error500 = 1,
     /// Never answers.
     Hang = 2,
+    /// Reads the request, then closes the connection without answering.
+    Close = 3,
 }
 
 /// Shared state of one origin.
@@ -42,6 +43,8 @@ pub struct OriginState {
     pub health_requests: AtomicU64,
     /// SNI of the last TLS handshake.
     pub last_sni: Mutex<Option<String>>,
+    /// Added before answering anything but `/healthz`, in ms (so requests are in flight).
+    pub delay_ms: AtomicU64,
 }
 
 impl OriginState {
@@ -52,6 +55,7 @@ impl OriginState {
         match self.mode.load(Ordering::SeqCst) {
             1 => Mode::Error500,
             2 => Mode::Hang,
+            3 => Mode::Close,
             _ => Mode::Normal,
         }
     }
@@ -77,7 +81,7 @@ pub struct Origin {
 async fn describe(
     state: Arc<OriginState>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -95,7 +99,15 @@ async fn describe(
             .entry(parts.method.to_string())
             .or_default() += 1;
     }
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 && parts.uri.path() != "/healthz" {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let mode = state.mode();
+    if mode == Mode::Close && parts.uri.path() != "/healthz" {
+        // A service error makes hyper drop the connection without a response.
+        return Err(std::io::Error::other("closing without an answer"));
+    }
     if mode == Mode::Hang {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
@@ -147,6 +159,7 @@ impl Origin {
             by_method: Mutex::new(HashMap::new()),
             health_requests: AtomicU64::new(0),
             last_sni: Mutex::new(None),
+            delay_ms: AtomicU64::new(0),
         });
         let tasks = serve(listener, state.clone(), tls.clone());
         Origin {
