@@ -26,12 +26,15 @@ impl Order {
     pub fn as_slice(&self) -> &[u16] {
         &self.items[..self.len as usize]
     }
+    /// How many upstreams the request may try.
     pub fn len(&self) -> usize {
         self.len as usize
     }
+    /// True before a route has been matched.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The upstream index at position `i`.
     pub fn get(&self, i: usize) -> Option<usize> {
         self.as_slice().get(i).map(|&u| u as usize)
     }
@@ -171,7 +174,10 @@ pub fn next_available(
 
 /// Whether a failed attempt may be replayed on the next upstream.
 /// - `sent`: request bytes reached the upstream (false for connect failures, always retryable);
-/// - `body_whole`: the request body was kept whole within the route's limit.
+/// - `body_whole`: the request body was kept whole within the route's limit ([`body_whole`]).
+///
+/// Idempotent methods (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, PUT, DELETE, TRACE) may be
+/// replayed; POST, PATCH and the rest only when the route sets `retry_non_idempotent`.
 pub fn may_replay(method: &Method, sent: bool, body_whole: bool, route: &Route) -> bool {
     if !sent {
         return true;
@@ -299,6 +305,157 @@ pub fn rewrite_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{parse_toml, TableDoc};
+    use crate::routing::compile;
+
+    fn table(text: &str) -> RouteTable {
+        let doc = TableDoc::single("t.toml", parse_toml("t.toml", text).unwrap(), None);
+        compile(&doc).unwrap().table
+    }
+
+    const UPS: &str = "[upstreams.legacy]\naddrs=['127.0.0.1:1']\n\
+                       [upstreams.new]\naddrs=['127.0.0.1:2']\n\
+                       [upstreams.other]\naddrs=['127.0.0.1:3']\n";
+
+    fn steer<'a>(
+        header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
+        override_name: Option<&'a str>,
+        secret: Option<&'a str>,
+        cookies: Option<&'a str>,
+        random_bucket: u32,
+    ) -> Steering<'a> {
+        Steering {
+            override_name: override_name.map(str::as_bytes),
+            override_secret: secret.map(str::as_bytes),
+            cookies: cookies.map(str::as_bytes),
+            header,
+            client_ip: Some("192.0.2.7"),
+            random_bucket,
+        }
+    }
+
+    fn names(t: &RouteTable, o: &Order) -> Vec<String> {
+        o.as_slice()
+            .iter()
+            .map(|&u| t.upstreams[u as usize].name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn preference_orders_arm_then_fallbacks() {
+        let t = table(&format!(
+            "{UPS}[[routes]]\nid='r'\npath='/*'\nsplit={{new=10,legacy=90}}\nfallback=['legacy','other']\nsticky='cookie:sid'\n"
+        ));
+        let r = &t.routes[0];
+        let none = |_: &str| None;
+        // Buckets 0..9000 are legacy's (name order), 9000..10000 new's.
+        let (o, forced) = preference(&t, r, &steer(&none, None, None, None, 9500));
+        assert_eq!(
+            (names(&t, &o), forced),
+            (vec!["new".into(), "legacy".into(), "other".into()], false)
+        );
+        let (o, _) = preference(&t, r, &steer(&none, None, None, None, 10));
+        assert_eq!(names(&t, &o), ["legacy", "other"], "no upstream twice");
+        // A sticky cookie overrides the random bucket, the same way every time.
+        let cookie = "a=1; sid=user-42";
+        let arm = |rb| {
+            names(
+                &t,
+                &preference(&t, r, &steer(&none, None, None, Some(cookie), rb)).0,
+            )[0]
+            .clone()
+        };
+        let want = if bucket_of(b"user-42") >= 9000 {
+            "new"
+        } else {
+            "legacy"
+        };
+        assert!((0..10).all(|rb| arm(rb * 997) == want));
+        // An empty cookie value is no key.
+        let (o, _) = preference(&t, r, &steer(&none, None, None, Some("sid="), 9500));
+        assert_eq!(names(&t, &o)[0], "new");
+    }
+
+    #[test]
+    fn sticky_header_and_client_ip() {
+        let t = table(&format!(
+            "{UPS}[[routes]]\nid='h'\npath='/h'\nsplit={{new=50,legacy=50}}\nsticky='header:X-User'\n\
+             [[routes]]\nid='ip'\npath='/ip'\nsplit={{new=50,legacy=50}}\nsticky='client_ip'\n"
+        ));
+        let user = |n: &str| (n == "x-user").then_some(&b"alice"[..]);
+        let want = |key: &[u8]| {
+            if bucket_of(key) >= 5000 {
+                "new"
+            } else {
+                "legacy"
+            }
+        };
+        for rb in [0, 9999] {
+            let (o, _) = preference(&t, &t.routes[0], &steer(&user, None, None, None, rb));
+            assert_eq!(names(&t, &o)[0], want(b"alice"));
+            let none = |_: &str| None;
+            let (o, _) = preference(&t, &t.routes[1], &steer(&none, None, None, None, rb));
+            assert_eq!(names(&t, &o)[0], want(b"192.0.2.7"));
+        }
+    }
+
+    #[test]
+    fn override_needs_the_route_and_the_secret() {
+        let none = |_: &str| None;
+        let text = format!(
+            "{UPS}[[routes]]\nid='r'\npath='/*'\nsplit={{new=0,legacy=100}}\nfallback='other'\n"
+        );
+        let t = table(&text);
+        let r = &t.routes[0];
+        let forced = |name, secret| {
+            let (o, f) = preference(&t, r, &steer(&none, Some(name), secret, None, 0));
+            (names(&t, &o), f)
+        };
+        assert_eq!(forced("new", None), (vec!["new".into()], true));
+        assert_eq!(
+            forced(" other ", None),
+            (vec!["other".into()], true),
+            "fallbacks too"
+        );
+        assert!(!forced("nope", None).1);
+        assert_eq!(forced("nope", None).0, ["legacy", "other"]);
+        let mut t = table(&text);
+        t.proxy.override_secret = Some("s3cret".into());
+        let r = &t.routes[0];
+        let forced = |name, secret| preference(&t, r, &steer(&none, Some(name), secret, None, 0)).1;
+        assert!(!forced("new", None));
+        assert!(!forced("new", Some("s3cre")));
+        assert!(!forced("new", Some("s3cret!")));
+        assert!(forced("new", Some("s3cret")));
+    }
+
+    #[test]
+    fn replay_rules() {
+        let t = table(&format!(
+            "{UPS}[[routes]]\nid='a'\npath='/a'\nto='new'\nfallback='legacy'\n\
+             [[routes]]\nid='b'\npath='/b'\nto='new'\nfallback='legacy'\nretry_non_idempotent=true\n"
+        ));
+        let (a, b) = (&t.routes[0], &t.routes[1]);
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert!(may_replay(&m, true, true, a), "{m}");
+            assert!(!may_replay(&m, true, false, a), "{m} with a partial body");
+        }
+        for m in [Method::POST, Method::PATCH] {
+            assert!(!may_replay(&m, true, true, a), "{m}");
+            assert!(may_replay(&m, true, true, b), "{m} opted in");
+            assert!(
+                !may_replay(&m, true, false, b),
+                "{m} opted in, partial body"
+            );
+            assert!(may_replay(&m, false, false, a), "{m}: nothing sent");
+        }
+    }
 
     #[test]
     fn rewrite() {
