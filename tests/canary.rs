@@ -625,7 +625,7 @@ async fn outlier_ejection_grows_and_one_trial_decides() {
     let legacy = Origin::start("legacy").await;
     let new = Origin::start("new").await;
     new.state.set_mode(Mode::Error500);
-    let outlier = "outlier = { consecutive_failures = 3, count_5xx = true, base_ejection_ms = 400, max_ejection_ms = 5000 }";
+    let outlier = "outlier = { consecutive_failures = 3, count_5xx = true, base_ejection_ms = 500, max_ejection_ms = 5000 }";
     let routes = format!(
         "{}{}[[routes]]\nid = \"o\"\npath = \"/*\"\nto = \"new\"\nfallback = \"legacy\"\n",
         upstream("legacy", &legacy, ""),
@@ -666,15 +666,17 @@ async fn outlier_ejection_grows_and_one_trial_decides() {
     assert_eq!(fallbacks(&m, "o", "new", "legacy", "ejected"), 5.0, "{m}");
 
     // After the cool-off one trial goes to new; it fails, so new is ejected again, for longer.
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(answered_by(&get1().await), "legacy");
+    // Ten requests at once: exactly one is the trial.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let rs = fire(&p.url("/x"), 10, 10, |_| vec![]).await;
+    assert!(rs.iter().all(|r| answered_by(r) == "legacy"));
     assert_eq!(new_served(), 4, "exactly one trial");
     new.state.set_mode(Mode::Normal);
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    // 450 ms into an 800 ms cool-off: still ejected.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 500 ms into a 1000 ms cool-off: still ejected.
     assert_eq!(answered_by(&get1().await), "legacy");
     assert_eq!(new_served(), 4);
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(650)).await;
     // The trial succeeds: new is back in service.
     for _ in 0..5 {
         assert_eq!(answered_by(&get1().await), "new");
