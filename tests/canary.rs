@@ -621,6 +621,50 @@ async fn dropped_connection_falls_back_for_idempotent_requests_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_retry_once_response_headers_went_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let legacy = Origin::start("legacy").await;
+    // An origin that sends its headers and part of the body, then drops the connection.
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = raw.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\nx-origin: raw\r\n\r\npartial",
+                    )
+                    .await;
+                let _ = s.flush().await;
+            });
+        }
+    });
+    let routes = format!(
+        "{}[upstreams.new]\naddrs = [\"{raw_addr}\"]\n\
+         [[routes]]\nid = \"p\"\npath = \"/*\"\nto = \"new\"\nfallback = \"legacy\"\n",
+        upstream("legacy", &legacy, ""),
+    );
+    let dir = routes_dir(&routes);
+    let p = Proxy::start(dir.path()).await;
+    let r = send(&client(), "GET", &p.url("/x"), &[], Bytes::new()).await;
+    assert!(
+        r.is_err(),
+        "a cut body reaches the client as an error: {r:?}"
+    );
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        legacy.state.requests.load(Ordering::SeqCst),
+        0,
+        "replayed after headers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_ejection_grows_and_one_trial_decides() {
     let legacy = Origin::start("legacy").await;
     let new = Origin::start("new").await;
