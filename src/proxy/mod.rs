@@ -283,8 +283,8 @@ impl ProxyHttp for Proxy {
                     ])
                     .inc();
                 ctx.fell_back.get_or_insert(reason);
-                if reason == FallbackReason::AllDown {
-                    tracing::warn!(route = %route.id, upstream = %table.upstreams[u].name, "every upstream of the route is down; trying anyway");
+                if reason == FallbackReason::AllDown && log_all_down_now() {
+                    tracing::warn!(route = %route.id, upstream = %table.upstreams[u].name, "every upstream of the route is down; trying anyway (logged at most once a second; switchyard_fallbacks_total counts each)");
                 }
             }
         }
@@ -579,6 +579,15 @@ impl ProxyHttp for Proxy {
             });
         }
     }
+}
+
+/// True at most once per second: an outage must not turn into a log line per request.
+fn log_all_down_now() -> bool {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.swap(now, Ordering::Relaxed) != now
 }
 
 /// Whether the request body can be replayed whole within the route's `limit` (see
