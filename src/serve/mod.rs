@@ -84,6 +84,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     routes_path: Some(routes_path.clone()),
                 });
                 tokio::spawn(crate::admin::serve(listener, state));
+                tokio::spawn(crate::health::active::supervise(control_store.clone()));
                 reload::watch(routes_path, control_store).await;
             });
         })?;
