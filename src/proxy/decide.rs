@@ -332,7 +332,7 @@ mod tests {
             override_secret: secret.map(str::as_bytes),
             cookies: cookies.map(str::as_bytes),
             header,
-            client_ip: Some("192.0.2.7"),
+            client_ip: Some("192.0.2.7".parse().unwrap()),
             random_bucket,
         }
     }
@@ -398,7 +398,7 @@ mod tests {
             assert_eq!(names(&t, &o)[0], want(b"alice"));
             let none = |_: &str| None;
             let (o, _) = preference(&t, &t.routes[1], &steer(&none, None, None, None, rb));
-            assert_eq!(names(&t, &o)[0], want(b"192.0.2.7"));
+            assert_eq!(names(&t, &o)[0], want(&[192, 0, 2, 7]));
         }
     }
 
