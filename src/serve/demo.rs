@@ -61,5 +61,8 @@ pub fn run() -> anyhow::Result<()> {
         admin: "127.0.0.1:9090".parse().expect("literal"),
         access_log: "off".into(),
         threads: None,
+        state: None,
+        admin_token_file: None,
+        force_files: false,
     })
 }
