@@ -20,6 +20,8 @@ enum Command {
     Check(switchyard::cli::CheckArgs),
     /// Run a self-contained demo: two origins and the proxy on loopback.
     Demo,
+    #[command(flatten)]
+    Admin(switchyard::cli::admin::AdminCommand),
 }
 
 fn init_tracing() {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
             init_tracing();
             exit(switchyard::serve::demo::run())
         }
+        Command::Admin(cmd) => switchyard::cli::admin::run(&cmd),
     }
 }
 

@@ -74,7 +74,7 @@ impl ApiError {
                     StatusCode::NOT_FOUND
                 }
                 ChangeError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ChangeError::NoFallback(_) | ChangeError::Conflict(_) => StatusCode::CONFLICT,
+                ChangeError::NoFallback { .. } | ChangeError::Conflict(_) => StatusCode::CONFLICT,
                 ChangeError::FilesUnchanged => StatusCode::CONFLICT,
                 ChangeError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 ChangeError::History(_) | ChangeError::Internal(_) => {

@@ -42,8 +42,8 @@ pub enum ChangeError {
     UnknownVersion(u64),
     #[error("the table does not compile ({} error(s))", errors(.0))]
     Invalid(Vec<Diagnostic>),
-    #[error("route {0:?} has no fallback to roll back to")]
-    NoFallback(String),
+    #[error("route {route:?} has no fallback to roll back to (it sends everything to {now})")]
+    NoFallback { route: String, now: String },
     #[error("the route files would change {} which the API changed since the files were last loaded; run `switchyard adopt` to let the files win, make the files agree with the live table, or revert the API change", .0.join(", "))]
     Conflict(Vec<String>),
     #[error("the route files did not change since their last load")]
@@ -218,7 +218,10 @@ pub fn rollback_route(r: &mut RouteFile) -> Result<(), ChangeError> {
         .map(|f| f.names().to_vec())
         .unwrap_or_default();
     let Some((first, rest)) = names.split_first() else {
-        return Err(ChangeError::NoFallback(r.id.clone()));
+        return Err(ChangeError::NoFallback {
+            route: r.id.clone(),
+            now: summary::describe_route(r),
+        });
     };
     r.to = Some(first.clone());
     r.split = None;
@@ -695,7 +698,7 @@ mod tests {
         ));
         assert!(matches!(
             l.rollback(change(Action::Rollback), "orders"),
-            Err(ChangeError::NoFallback(_))
+            Err(ChangeError::NoFallback { .. })
         ));
         assert!(matches!(
             l.revert(change(Action::Revert), 99),
