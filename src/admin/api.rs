@@ -54,9 +54,15 @@ pub enum ApiError {
     #[error(transparent)]
     Change(#[from] ChangeError),
     #[error("history: {0}")]
-    History(#[from] HistoryError),
+    History(HistoryError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<HistoryError> for ApiError {
+    fn from(e: HistoryError) -> ApiError {
+        ApiError::History(e)
+    }
 }
 
 impl ApiError {

@@ -19,11 +19,8 @@ pub const ENV_ACTOR: &str = "admin";
 /// Why the token configuration cannot be used; the server refuses to start.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}:{line}: expected NAME:TOKEN")]
     Syntax { path: String, line: usize },
     #[error("{path}:{line}: actor name {name:?}: use letters, digits, '-', '_', '.' or '@'")]
@@ -113,9 +110,9 @@ impl Tokens {
         }
         if let Some(path) = file {
             let label = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| AuthError::Read {
                 path: label.clone(),
-                source,
+                error,
             })?;
             t.add_file(&label, &text)?;
         }

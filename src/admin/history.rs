@@ -25,22 +25,20 @@ pub const DB_FILE: &str = "history.redb";
 /// A history failure. Any of these during a change means the change was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("creating state directory {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("history database {path}: {source}")]
+    // Causes are part of the message (not `source`), so that a printed chain says each once.
+    #[error("creating state directory {path}: {error}")]
+    Dir { path: String, error: std::io::Error },
+    #[error("history database {path}: {error}")]
     Open {
         path: String,
-        source: Box<redb::Error>,
+        error: Box<redb::Error>,
     },
     #[error("history database: {0}")]
-    Db(#[from] Box<redb::Error>),
-    #[error("history record {key}: {source}")]
+    Db(Box<redb::Error>),
+    #[error("history record {key}: {error}")]
     Decode {
         key: String,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     #[error("encoding history record: {0}")]
     Encode(serde_json::Error),
@@ -191,14 +189,14 @@ impl std::fmt::Debug for History {
 impl History {
     /// Opens (creating if needed) `dir/history.redb`. Fails if another process has it open.
     pub fn open(dir: &Path) -> Result<History, HistoryError> {
-        std::fs::create_dir_all(dir).map_err(|source| HistoryError::Dir {
+        std::fs::create_dir_all(dir).map_err(|error| HistoryError::Dir {
             path: dir.display().to_string(),
-            source,
+            error,
         })?;
         let path = dir.join(DB_FILE);
         let db = Database::create(&path).map_err(|e| HistoryError::Open {
             path: path.display().to_string(),
-            source: Box::new(e.into()),
+            error: Box::new(e.into()),
         })?;
         let h = History {
             db,
@@ -247,7 +245,7 @@ impl History {
     }
 
     fn decode(key: String, bytes: &[u8]) -> Result<Record, HistoryError> {
-        serde_json::from_slice(bytes).map_err(|source| HistoryError::Decode { key, source })
+        serde_json::from_slice(bytes).map_err(|error| HistoryError::Decode { key, error })
     }
 
     /// Version `v`, if recorded.
@@ -309,9 +307,9 @@ impl History {
         let t = tx.open_table(META).map_err(db_err)?;
         match t.get(FILES_KEY).map_err(db_err)? {
             Some(bytes) => {
-                serde_json::from_slice(bytes.value()).map_err(|source| HistoryError::Decode {
+                serde_json::from_slice(bytes.value()).map_err(|error| HistoryError::Decode {
                     key: FILES_KEY.into(),
-                    source,
+                    error,
                 })
             }
             None => Ok(FilesState::default()),

@@ -51,9 +51,15 @@ pub enum ChangeError {
     #[error("{0}")]
     BadRequest(String),
     #[error("history: {0}; nothing was changed")]
-    History(#[from] HistoryError),
+    History(HistoryError),
     #[error("internal error: {0}")]
     Internal(&'static str),
+}
+
+impl From<HistoryError> for ChangeError {
+    fn from(e: HistoryError) -> ChangeError {
+        ChangeError::History(e)
+    }
 }
 
 fn errors(d: &[Diagnostic]) -> usize {
