@@ -253,9 +253,27 @@ impl Proxy {
     }
 
     pub async fn start_with(dir: &Path, extra: &[&str]) -> Proxy {
+        Self::spawn(dir, extra, None).await
+    }
+
+    /// Starts like [`Proxy::start_with`] with extra environment variables. The admin token
+    /// comes only from `env` (`SWITCHYARD_ADMIN_TOKEN` is not inherited from the test's
+    /// environment).
+    pub async fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
+        Self::spawn(dir, extra, Some(env)).await
+    }
+
+    async fn spawn(dir: &Path, extra: &[&str], env: Option<&[(&str, &str)]>) -> Proxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        if let Some(env) = env {
+            cmd.env_remove("SWITCHYARD_ADMIN_TOKEN");
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        }
+        let child = cmd
             .args(["serve", "--routes"])
             .arg(dir)
             .args([
@@ -318,6 +336,22 @@ impl Proxy {
             assert!(Instant::now() < deadline, "table version never reached {v}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+impl Proxy {
+    /// Stops the process with SIGTERM (pingora's graceful stop) and waits until it exits.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process with SIGKILL and waits until it is gone: nothing gets to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
