@@ -560,6 +560,12 @@ async fn put_table(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, Api
     let body = read_body(call).await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the table is not UTF-8 text".into()))?;
+    // An empty body would be an empty table (every request 404): almost surely a mistake.
+    if text.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "empty body: send the whole table (TOML or JSON)".into(),
+        ));
+    }
     let table = crate::config::parse_any("request body", text).map_err(|e| {
         let d = crate::routing::Diagnostic::from(e);
         ApiError::InvalidTable(vec![serde_json::to_value(d).unwrap_or(Value::Null)])

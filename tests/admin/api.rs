@@ -190,6 +190,9 @@ async fn put_and_patch_with_every_kind_of_bad_input() {
     assert_eq!(r.json()["details"][0]["file"], "request body:5");
     let r = call(&p, "PUT", "/v1/table", "{\"routes\": [}").await;
     assert_eq!(r.status, 422, "{}", r.body);
+    let r = call(&p, "PUT", "/v1/table", " \n").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("empty body"));
     // 413: more than 1 MiB.
     let huge = format!("# {}\n", "x".repeat(2 * 1024 * 1024));
     let r = call(&p, "PUT", "/v1/table", &huge).await;
