@@ -530,7 +530,11 @@ pub fn columns(headers: &[&str], rows: &[Vec<String>]) -> String {
             if i + 1 == cells.len() {
                 l.push_str(c);
             } else {
-                let pad = widths[i].saturating_sub(c.chars().count());
+                let pad = widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(c.chars().count());
                 l.push_str(c);
                 l.push_str(&" ".repeat(pad + 2));
             }
