@@ -62,9 +62,13 @@ pub async fn call_with(
     .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
-/// `[upstreams.NAME]` for an origin.
+/// `[upstreams.NAME]` for an origin. The connect timeout is long so that a test machine
+/// starved of CPU does not turn a slow connect into a fallback.
 pub fn upstream(name: &str, o: &Origin) -> String {
-    format!("[upstreams.{name}]\naddrs = [\"{}\"]\n", o.addr)
+    format!(
+        "[upstreams.{name}]\naddrs = [\"{}\"]\nconnect_timeout_ms = 10000\n",
+        o.addr
+    )
 }
 
 /// The usual table: `users` split new/legacy with legacy as fallback, `orders` to new without
@@ -87,7 +91,9 @@ pub async fn spread(p: &Proxy, path: &str, n: usize) -> (usize, usize, usize) {
     let c = client();
     let (mut new, mut legacy, mut other) = (0, 0, 0);
     for _ in 0..n {
-        let r = send(&c, "GET", &p.url(path), &[], "").await.unwrap();
+        let r = send(&c, "GET", &p.url(path), &[], "")
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         match r.origin() {
             "new" => new += 1,
             "legacy" => legacy += 1,

@@ -32,7 +32,7 @@ impl Browser {
                 "{bin} is missing: install Debian's chromium and chromium-driver (tests/run does)"
             );
         }
-        let port = free_port();
+        let port = reserve_port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

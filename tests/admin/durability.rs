@@ -113,7 +113,12 @@ async fn history_survives_restart_and_kill_9() {
                 }
             })
         };
-        tokio::time::sleep(Duration::from_millis(150 + rand::random_range(0..250))).await;
+        // Some changes acknowledged, then an arbitrary moment (often mid-commit).
+        wait_for(10, "a first acknowledged change", || async {
+            !acked.lock().unwrap().is_empty()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..200))).await;
         p.kill9();
         writer.await.unwrap();
         let acked = acked.lock().unwrap().clone();

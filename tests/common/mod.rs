@@ -237,6 +237,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port for a server the test starts later. `free_port` hands back a port from the
+/// kernel's ephemeral range, which `bind(0)` (other tests' origins) and outgoing connections
+/// draw from, so under parallel tests another socket can take it before the server binds it
+/// (and the test then talks to the wrong server). This picks a free port below that range
+/// instead, never the same one twice in this process.
+pub fn reserve_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low <= 11_000 {
+        return free_port();
+    }
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let p = rand::random_range(10_000..low);
+        if !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            given.push(p);
+            return p;
+        }
+    }
+}
+
 /// The built `switchyard` binary, running `serve`.
 pub struct Proxy {
     pub child: Child,
@@ -264,8 +288,8 @@ impl Proxy {
     }
 
     async fn spawn(dir: &Path, extra: &[&str], env: Option<&[(&str, &str)]>) -> Proxy {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         if let Some(env) = env {
             cmd.env_remove("SWITCHYARD_ADMIN_TOKEN");
