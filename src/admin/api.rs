@@ -874,3 +874,67 @@ fn stats() -> Value {
         .collect();
     json!({ "time_ms": now_ms, "routes": routes })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_forms() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(
+                http::header::IF_MATCH,
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+            if_match(&m)
+        };
+        assert_eq!(h("7").unwrap(), Some(7));
+        assert_eq!(h("\"7\"").unwrap(), Some(7));
+        assert_eq!(h("W/\"7\"").unwrap(), Some(7));
+        assert_eq!(h("*").unwrap(), None);
+        assert!(h("seven").is_err());
+        assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn query_and_patch_parsing() {
+        let q = parse_query(Some("limit=5&before=9&flag"));
+        assert_eq!(q["limit"], "5");
+        assert_eq!(q["flag"], "");
+        let obj = |s: &str| match serde_json::from_str::<Value>(s).unwrap() {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let p = parse_patch(&obj(r#"{"fallback": null}"#)).unwrap();
+        assert_eq!(p.fallback, Some(None));
+        let p = parse_patch(&obj(r#"{"fallback": ["a", "b"], "to": "c"}"#)).unwrap();
+        assert_eq!(p.to.as_deref(), Some("c"));
+        assert_eq!(
+            p.fallback,
+            Some(Some(OneOrMany::Many(vec!["a".into(), "b".into()])))
+        );
+        assert!(parse_patch(&obj(r#"{"split": {"a": "x"}}"#)).is_err());
+        assert!(take_keys(&obj(r#"{"weights": 1}"#), &["split"]).is_err());
+    }
+
+    #[test]
+    fn statuses() {
+        let s = |e: ApiError| e.status().as_u16();
+        assert_eq!(s(ApiError::Unauthorized(Denied::Invalid)), 401);
+        assert_eq!(s(ApiError::TooLarge), 413);
+        assert_eq!(
+            s(ChangeError::Stale {
+                expected: 1,
+                live: 2
+            }
+            .into()),
+            409
+        );
+        assert_eq!(s(ChangeError::UnknownRoute("x".into()).into()), 404);
+        assert_eq!(s(ChangeError::Invalid(vec![]).into()), 422);
+        assert_eq!(s(ChangeError::Conflict(vec![]).into()), 409);
+        let r = ApiError::Change(ChangeError::Conflict(vec!["route:a".into()])).response();
+        assert_eq!(r.status(), 409);
+    }
+}

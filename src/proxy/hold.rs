@@ -158,8 +158,16 @@ mod tests {
         let h2 = h.clone();
         let task = tokio::spawn(async move { h2.wait("r").await });
         tokio::time::sleep(Duration::from_millis(30)).await;
+        let queued = |r: &str| {
+            queued_counts()
+                .into_iter()
+                .find(|(k, _)| k == r)
+                .map(|(_, n)| n)
+        };
+        assert_eq!(queued("r"), Some(1));
         h.release();
         let waited = task.await.unwrap();
+        assert_eq!(queued("r"), Some(0));
         assert!(
             waited >= Duration::from_millis(25) && waited < Duration::from_secs(5),
             "{waited:?}"
