@@ -86,12 +86,16 @@ impl Action {
 /// [`Origins`] as stored: which source each entry came from, and where relative paths resolve.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredOrigins {
+    /// Source of `[proxy]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// Source of each upstream, by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, String>,
+    /// Source of each route, parallel to the table's routes.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// Directory each source's relative paths (`ca_file`) resolve against.
     #[serde(default)]
     pub base_dirs: BTreeMap<String, PathBuf>,
 }
@@ -99,7 +103,9 @@ pub struct StoredOrigins {
 /// A [`TableDoc`] as stored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredDoc {
+    /// The merged table.
     pub table: TableFile,
+    /// Where each entry came from.
     #[serde(default)]
     pub origins: StoredOrigins,
 }
@@ -136,15 +142,18 @@ impl StoredDoc {
 /// One version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The table version this record made live.
     pub version: u64,
     /// RFC 3339, UTC.
     pub time: String,
     /// The token's actor name, or `files` for file loads.
     pub actor: String,
+    /// Why, as the caller said (required for rollback and revert).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// `files` or `api`.
     pub source: String,
+    /// What kind of change.
     pub action: Action,
     /// The route file path, for file loads.
     #[serde(default, skip_serializing_if = "Option::is_none")]

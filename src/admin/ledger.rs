@@ -71,8 +71,12 @@ fn errors(d: &[Diagnostic]) -> usize {
 /// Who makes a change, and why.
 #[derive(Debug, Clone)]
 pub struct Change {
+    /// Recorded as the version's actor.
     pub actor: String,
+    /// Recorded as the version's reason (blank = none).
     pub reason: Option<String>,
+    /// Recorded as the version's action; file loads (`Load`, `Reload`, `Adopt`) reset the
+    /// files-vs-API state, other actions add to it.
     pub action: Action,
     /// The version the caller saw (`If-Match`); the change is refused if the live one differs.
     pub if_match: Option<u64>,
@@ -102,8 +106,11 @@ impl Change {
 /// A published change.
 #[derive(Debug, Clone)]
 pub struct Committed {
+    /// The table now live.
     pub table: Arc<RouteTable>,
+    /// Its history record, as written.
     pub record: Record,
+    /// Compile warnings (errors would have stopped the change).
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -127,6 +134,7 @@ impl Committed {
 pub struct Conflict {
     /// Subjects the files would change (`route:ID`, ...).
     pub subjects: Vec<String>,
+    /// When the reload was refused (RFC 3339 UTC).
     pub time: String,
 }
 
@@ -153,8 +161,11 @@ pub enum FileLoad {
 /// and the other way round; `fallback: Some(None)` removes the fallback.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RoutePatch {
+    /// The single upstream.
     pub to: Option<String>,
+    /// Percent per upstream, summing to 100.
     pub split: Option<BTreeMap<String, f64>>,
+    /// The fallback(s); `Some(None)` removes them.
     pub fallback: Option<Option<OneOrMany>>,
 }
 

@@ -93,7 +93,9 @@ pub enum AdminCommand {
     Diff {
         #[command(flatten)]
         conn: Conn,
+        /// The version to compare from.
         from: u64,
+        /// The version to compare to.
         to: u64,
     },
     /// Hold new requests for routes: they wait (not fail) until `release` or --max-ms.
