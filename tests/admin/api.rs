@@ -132,6 +132,21 @@ async fn reads_are_open_and_every_change_needs_the_token() {
         405
     );
     assert_eq!(call(&p, "POST", "/v1/history", "").await.status, 405);
+    for path in ["/metrics", "/healthz", "/", "/v1/stats", "/v1/inflight"] {
+        assert_eq!(call(&p, "POST", path, "").await.status, 405, "POST {path}");
+    }
+    let page = call_with(&p, "GET", "/", &[], "").await;
+    assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
+    assert!(page
+        .header("content-security-policy")
+        .contains("default-src 'none'"));
+    // Self-contained: no external scripts, styles, images or fonts.
+    for needle in ["http://", "https://", "src=", "<link", "@import"] {
+        assert!(
+            !page.body.contains(needle),
+            "the dashboard references {needle:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
