@@ -277,27 +277,16 @@ impl Proxy {
     }
 
     pub async fn start_with(dir: &Path, extra: &[&str]) -> Proxy {
-        Self::spawn(dir, extra, None).await
+        Self::start_env(dir, extra, &[]).await
     }
 
-    /// Starts like [`Proxy::start_with`] with extra environment variables. The admin token
-    /// comes only from `env` (`SWITCHYARD_ADMIN_TOKEN` is not inherited from the test's
-    /// environment).
+    /// Starts `switchyard serve` with extra arguments and environment variables. The admin
+    /// token comes only from `env`: `SWITCHYARD_ADMIN_TOKEN` is not inherited from the test's
+    /// environment.
     pub async fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
-        Self::spawn(dir, extra, Some(env)).await
-    }
-
-    async fn spawn(dir: &Path, extra: &[&str], env: Option<&[(&str, &str)]>) -> Proxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-        if let Some(env) = env {
-            cmd.env_remove("SWITCHYARD_ADMIN_TOKEN");
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-        }
-        let child = cmd
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "--routes"])
             .arg(dir)
             .args([
@@ -312,6 +301,8 @@ impl Proxy {
             ])
             .args(extra)
             .env("SWITCHYARD_LOG", "warn")
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
