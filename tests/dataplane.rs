@@ -337,3 +337,107 @@ fn check_reports_every_error_with_exit_codes() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_and_metrics() {
+    let o = Origin::start("legacy").await;
+    let dir = routes_dir(&format!(
+        "{}[[routes]]\nid = \"users\"\npath = \"/user/*\"\nto = \"legacy\"\n",
+        upstream("legacy", &o)
+    ));
+    let log = dir.path().join("access.log");
+    let p = Proxy::start_with(dir.path(), &["--access-log", log.to_str().unwrap()]).await;
+    let c = client();
+    for path in ["/user/1?secret=x", "/user/2", "/nope"] {
+        send(&c, "GET", &p.url(path), &[("host", "Shop.Example.com")], "")
+            .await
+            .unwrap();
+    }
+    let m = get(&p.admin_url("/metrics")).await.body;
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_requests_total{code=\"2xx\",route=\"users\",upstream=\"legacy\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_requests_total{code=\"4xx\",route=\"none\",upstream=\"none\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_request_duration_seconds_count{route=\"users\",upstream=\"legacy\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "switchyard_route_table_version"), 1.0);
+    assert_eq!(metric(&m, "switchyard_reloads_total{result=\"ok\"}"), 1.0);
+    // The writer thread flushes asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        if lines.len() >= 3 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 3);
+    let first = &lines[0];
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["host"], "shop.example.com");
+    assert_eq!(first["path"], "/user/1", "the query string is not logged");
+    assert_eq!(first["route"], "users");
+    assert_eq!(first["upstream"], "legacy");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["table_version"], 1);
+    assert!(first["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(lines[2]["status"], 404);
+    assert_eq!(lines[2]["route"], "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_keeps_serving() {
+    let o = Origin::start("legacy").await;
+    let dir = routes_dir(&format!(
+        "{}[[routes]]\nid = \"r\"\npath = \"*\"\nto = \"legacy\"\n",
+        upstream("legacy", &o)
+    ));
+    let p = Proxy::start(dir.path()).await;
+    let v = p.table_version().await;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    p.wait_version(v + 1).await;
+    assert_eq!(get(&p.url("/x")).await.origin(), "legacy");
+}
+
+/// Every example in `routes/` compiles without errors (golden test; CI also runs `check`).
+#[test]
+fn example_route_files_compile() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routes");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (compiled, diags) = switchyard::routing::compile::check_path(&path);
+            assert!(compiled.is_some(), "{}: {diags:?}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "expected the demo and two migration examples");
+}

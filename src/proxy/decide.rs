@@ -47,8 +47,8 @@ pub struct Steering<'a> {
     pub cookies: Option<&'a [u8]>,
     /// Looks up a request header by lowercase name.
     pub header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
-    /// Client IP as text.
-    pub client_ip: Option<&'a str>,
+    /// The client's address.
+    pub client_ip: Option<std::net::IpAddr>,
     /// A random bucket for requests without a sticky key.
     pub random_bucket: u32,
 }
@@ -91,7 +91,10 @@ pub fn preference(table: &RouteTable, route: &Route, s: &Steering<'_>) -> (Order
             .unwrap_or(s.random_bucket),
         Some(StickyKey::ClientIp) => s
             .client_ip
-            .map(|ip| bucket_of(ip.as_bytes()))
+            .map(|ip| match ip {
+                std::net::IpAddr::V4(a) => bucket_of(&a.octets()),
+                std::net::IpAddr::V6(a) => bucket_of(&a.octets()),
+            })
             .unwrap_or(s.random_bucket),
     };
     order.push(route.dist.pick(bucket));

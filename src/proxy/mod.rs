@@ -142,13 +142,13 @@ impl Proxy {
             let client_ip = session
                 .client_addr()
                 .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string());
+                .map(|a| a.ip());
             let steering = Steering {
                 override_name: table.proxy.override_header.as_deref().and_then(get),
                 override_secret: get(SECRET_HEADER),
                 cookies: get("cookie"),
                 header: &get,
-                client_ip: client_ip.as_deref(),
+                client_ip,
                 random_bucket: rand::random_range(0..crate::routing::split::BUCKETS),
             };
             let (order, forced) = decide::preference(&table, r, &steering);

@@ -294,11 +294,14 @@ impl Proxy {
                 &addr.to_string(),
                 "--admin",
                 &admin.to_string(),
-                "--access-log",
-                "off",
                 "--threads",
                 "2",
             ])
+            .args(if extra.contains(&"--access-log") {
+                &[][..]
+            } else {
+                &["--access-log", "off"][..]
+            })
             .args(extra)
             .env("SWITCHYARD_LOG", "warn")
             .env_remove("SWITCHYARD_ADMIN_TOKEN")
