@@ -151,10 +151,15 @@ pub enum Loaded {
 /// How files are being loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileLoad {
-    /// At start, after resuming the history (skipped when the files did not change).
+    /// At start, after resuming the history: skipped when the files did not change since
+    /// their last load.
     Start,
-    /// The watcher or SIGHUP.
-    Reload,
+    /// A change seen in the routes directory: skipped when the route files did not change
+    /// since their last load (an editor's temporary file, a log written next to them).
+    Changed,
+    /// SIGHUP: re-read and publish even when the files did not change (a `ca_file` may have),
+    /// unless that would undo an API change.
+    Signal,
 }
 
 /// Changes to a route's distribution (`PATCH /v1/routes/{id}`). Setting `to` clears `split`
@@ -502,7 +507,10 @@ impl Ledger {
         let r = self
             .read_files()
             .and_then(|doc| self.commit(Change::new(actor, reason, action), move |_, _| Ok(doc)));
-        self.count(&r.as_ref().map(|_| ()));
+        match &r {
+            Ok(_) => METRICS.reloads.with_label_values(&["ok"]).inc(),
+            Err(e) => self.count_failure(e),
+        }
         r
     }
 
@@ -516,13 +524,13 @@ impl Ledger {
             let force = self.force_files;
             let action = match how {
                 FileLoad::Start => Action::Load,
-                FileLoad::Reload => Action::Reload,
+                FileLoad::Changed | FileLoad::Signal => Action::Reload,
             };
             self.commit(
                 Change::new(FILES_ACTOR, None, action),
                 move |live, files| {
                     let unchanged = files.doc.as_ref() == Some(&stored);
-                    if how == FileLoad::Start && unchanged && live.version > 0 {
+                    if how != FileLoad::Signal && unchanged && live.version > 0 {
                         return Err(ChangeError::FilesUnchanged);
                     }
                     if !force {
@@ -560,7 +568,7 @@ impl Ledger {
                 Ok(Loaded::Unchanged)
             }
             Err(e) => {
-                self.count(&Err::<(), _>(&e));
+                self.count_failure(&e);
                 if let ChangeError::Conflict(subjects) = &e {
                     *self.conflict.lock() = Some(Conflict {
                         subjects: subjects.clone(),
@@ -572,22 +580,22 @@ impl Ledger {
         }
     }
 
-    fn count(&self, r: &Result<(), &ChangeError>) {
+    /// Counts and logs a refused file load.
+    fn count_failure(&self, e: &ChangeError) {
         let path = self.routes_path.display().to_string();
-        match r {
-            Ok(()) => {}
-            Err(ChangeError::Conflict(subjects)) => {
+        match e {
+            ChangeError::Conflict(subjects) => {
                 METRICS.reloads.with_label_values(&["conflict"]).inc();
                 tracing::error!(path = %path, version = self.store.version(), conflicts = ?subjects, "route file reload refused: it would undo changes made through the API; run `switchyard adopt` to let the files win");
             }
-            Err(ChangeError::Invalid(diags)) => {
+            ChangeError::Invalid(diags) => {
                 METRICS.reloads.with_label_values(&["error"]).inc();
                 for d in diags {
                     tracing::error!(path = %path, "{d}");
                 }
                 tracing::error!(path = %path, version = self.store.version(), "reload rejected; the running table stays");
             }
-            Err(e) => {
+            e => {
                 METRICS.reloads.with_label_values(&["error"]).inc();
                 tracing::error!(path = %path, error = %e, "reload failed; the running table stays");
             }
@@ -642,12 +650,12 @@ mod tests {
 
         // Unchanged files never undo an API change.
         assert!(matches!(
-            l.load_files(FileLoad::Reload),
+            l.load_files(FileLoad::Signal),
             Ok(Loaded::Unchanged)
         ));
         // Files that would change the rolled-back route are refused, whatever else changes.
         write(dir.path(), &files(SPLIT, "to = 'legacy'"));
-        match l.load_files(FileLoad::Reload) {
+        match l.load_files(FileLoad::Signal) {
             Err(ChangeError::Conflict(s)) => assert_eq!(s, ["route:users"]),
             other => panic!("{other:?}"),
         }
@@ -656,7 +664,7 @@ mod tests {
         // Files that agree with the live route are accepted and clear the marks.
         write(dir.path(), &files("to = 'legacy'", "to = 'legacy'"));
         assert!(matches!(
-            l.load_files(FileLoad::Reload),
+            l.load_files(FileLoad::Signal),
             Ok(Loaded::Published(_))
         ));
         assert_eq!(l.store().version(), 3);
@@ -686,7 +694,7 @@ mod tests {
         l.patch(change(Action::Patch), "users", &p).unwrap();
         write(dir.path(), &files("to = 'new'", "to = 'legacy'"));
         assert!(matches!(
-            l.load_files(FileLoad::Reload),
+            l.load_files(FileLoad::Signal),
             Err(ChangeError::Conflict(_))
         ));
         let c = l.adopt("bob", Some("files win".into())).unwrap();
@@ -694,6 +702,30 @@ mod tests {
         assert_eq!(c.record.actor, "bob");
         assert_eq!(route(&l, "users").to.as_deref(), Some("new"));
         assert!(l.files_state().api_changed.is_empty());
+    }
+
+    #[test]
+    fn directory_noise_publishes_nothing_sighup_does() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &files(SPLIT, "to = 'new'"));
+        let l = Ledger::start(History::in_memory().unwrap(), dir.path().into(), false).unwrap();
+        std::fs::write(dir.path().join("access.log"), "x").unwrap();
+        assert!(matches!(
+            l.load_files(FileLoad::Changed),
+            Ok(Loaded::Unchanged)
+        ));
+        assert_eq!(l.store().version(), 1);
+        assert!(matches!(
+            l.load_files(FileLoad::Signal),
+            Ok(Loaded::Published(_))
+        ));
+        assert_eq!(l.store().version(), 2);
+        write(dir.path(), &files(SPLIT, "to = 'legacy'"));
+        assert!(matches!(
+            l.load_files(FileLoad::Changed),
+            Ok(Loaded::Published(_))
+        ));
+        assert_eq!(l.store().version(), 3);
     }
 
     #[test]

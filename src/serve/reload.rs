@@ -12,11 +12,12 @@ use crate::admin::ledger::{ChangeError, FileLoad, Loaded};
 use crate::admin::Ledger;
 use crate::routing::compile::Diagnostic;
 
-/// Reads, compiles and publishes the route files. On error nothing is published: compile
-/// errors are returned as diagnostics; a refusal by the files-vs-API rule or a history failure
-/// as one diagnostic saying so. Every outcome is counted and logged by the ledger.
-pub fn reload(ledger: &Ledger) -> Result<Loaded, Vec<Diagnostic>> {
-    ledger.load_files(FileLoad::Reload).map_err(|e| match e {
+/// Reads, compiles and publishes the route files (`how`: a change seen in the directory, or
+/// SIGHUP). On error nothing is published: compile errors are returned as diagnostics; a
+/// refusal by the files-vs-API rule or a history failure as one diagnostic saying so. Every
+/// outcome is counted and logged by the ledger.
+pub fn reload(ledger: &Ledger, how: FileLoad) -> Result<Loaded, Vec<Diagnostic>> {
+    ledger.load_files(how).map_err(|e| match e {
         ChangeError::Invalid(d) => d,
         other => vec![Diagnostic {
             severity: crate::routing::Severity::Error,
@@ -32,7 +33,8 @@ pub fn reload(ledger: &Ledger) -> Result<Loaded, Vec<Diagnostic>> {
 /// debounced.
 pub async fn watch(ledger: Arc<Ledger>) {
     let path: PathBuf = ledger.routes_path().to_path_buf();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+    // `true` = SIGHUP, `false` = a change in the directory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(16);
     let watch_tx = tx.clone();
     // The history database may live next to the route files: its writes are not changes.
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -43,7 +45,7 @@ pub async fn watch(ledger: Arc<Ledger>) {
                         .is_some_and(|n| n == crate::admin::history::DB_FILE)
                 });
             if !ev.kind.is_access() && !ours {
-                let _ = watch_tx.try_send(());
+                let _ = watch_tx.try_send(false);
             }
         }
     });
@@ -74,18 +76,26 @@ pub async fn watch(ledger: Arc<Ledger>) {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading routes");
-                    let _ = tx.send(()).await;
+                    let _ = tx.send(true).await;
                 }
             });
         }
         Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
     }
-    while rx.recv().await.is_some() {
+    while let Some(first) = rx.recv().await {
         // Debounce: an editor's save is several events; a rewrite may be mid-way.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        while rx.try_recv().is_ok() {}
+        let mut signal = first;
+        while let Ok(s) = rx.try_recv() {
+            signal |= s;
+        }
+        let how = if signal {
+            FileLoad::Signal
+        } else {
+            FileLoad::Changed
+        };
         let l = ledger.clone();
         // Outcomes are counted and logged by the ledger.
-        let _ = tokio::task::spawn_blocking(move || reload(&l)).await;
+        let _ = tokio::task::spawn_blocking(move || reload(&l, how)).await;
     }
 }
