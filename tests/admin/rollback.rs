@@ -1,7 +1,7 @@
 //! Rollback under continuous load: no request fails, and every request started after the
 //! rollback call returned is served by the fallback.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,10 @@ async fn rollback_under_load_fails_nothing_and_takes_effect_for_the_next_request
     let p = start(dir.path(), &[]).await;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
     let mut loops = Vec::new();
     for i in 0..4 {
-        let (stop, url) = (stop.clone(), p.url(&format!("/users/{i}")));
+        let (stop, done, url) = (stop.clone(), done.clone(), p.url(&format!("/users/{i}")));
         loops.push(tokio::spawn(async move {
             let c = client();
             let mut seen = Vec::new();
@@ -37,12 +38,29 @@ async fn rollback_under_load_fails_nothing_and_takes_effect_for_the_next_request
                     )
                 });
                 seen.push(Seen { started, result });
+                done.fetch_add(1, Ordering::Relaxed);
             }
             seen
         }));
     }
-    // Load on the split first, so both arms are in use when the rollback lands.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Load on the split first, so both arms are in use when the rollback lands. Time and
+    // request counts both, so that a slow machine still gets a meaningful sample.
+    let enough = |n: u64| {
+        let done = done.clone();
+        async move {
+            let t = Instant::now();
+            wait_for(30, &format!("{n} more requests"), || {
+                let base = done.clone();
+                async move { base.load(Ordering::Relaxed) >= n }
+            })
+            .await;
+            let spent = t.elapsed();
+            if spent < Duration::from_millis(700) {
+                tokio::time::sleep(Duration::from_millis(700) - spent).await;
+            }
+        }
+    };
+    enough(100).await;
     let r = call(
         &p,
         "POST",
@@ -52,7 +70,7 @@ async fn rollback_under_load_fails_nothing_and_takes_effect_for_the_next_request
     .await;
     let returned = Instant::now();
     assert_eq!(r.status, 200, "{}", r.body);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    enough(done.load(Ordering::Relaxed) + 100).await;
     stop.store(true, Ordering::Relaxed);
 
     let mut all = Vec::new();
