@@ -21,6 +21,8 @@ enum Command {
     /// Run a self-contained demo: two origins and the proxy on loopback.
     Demo,
     #[command(flatten)]
+    Admin(switchyard::cli::admin::AdminCommand),
+    #[command(flatten)]
     Control(switchyard::control::ControlCommand),
 }
 
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             init_tracing();
             exit(switchyard::serve::demo::run())
         }
+        Command::Admin(cmd) => switchyard::cli::admin::run(&cmd),
         Command::Control(c) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -266,6 +266,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port for a server the test starts later. `free_port` hands back a port from the
+/// kernel's ephemeral range, which `bind(0)` (other tests' origins) and outgoing connections
+/// draw from, so under parallel tests another socket can take it before the server binds it
+/// (and the test then talks to the wrong server). This picks a free port below that range
+/// instead, never the same one twice in this process.
+pub fn reserve_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low <= 11_000 {
+        return free_port();
+    }
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let p = rand::random_range(10_000..low);
+        if !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            given.push(p);
+            return p;
+        }
+    }
+}
+
 /// The built `switchyard` binary, running `serve`.
 pub struct Proxy {
     pub child: Child,
@@ -285,10 +309,12 @@ impl Proxy {
         Self::start_env(dir, extra, &[]).await
     }
 
-    /// Starts `switchyard serve` with extra arguments and environment variables.
+    /// Starts `switchyard serve` with extra arguments and environment variables. The admin
+    /// token comes only from `env`: `SWITCHYARD_ADMIN_TOKEN` is not inherited from the test's
+    /// environment.
     pub async fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "--routes"])
             .arg(dir)
@@ -307,6 +333,7 @@ impl Proxy {
             })
             .args(extra)
             .env("SWITCHYARD_LOG", "warn")
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -356,6 +383,22 @@ impl Proxy {
             assert!(Instant::now() < deadline, "table version never reached {v}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+impl Proxy {
+    /// Stops the process with SIGTERM (pingora's graceful stop) and waits until it exits.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process with SIGKILL and waits until it is gone: nothing gets to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
