@@ -20,6 +20,10 @@ enum Command {
     Check(switchyard::cli::CheckArgs),
     /// Run a self-contained demo: two origins and the proxy on loopback.
     Demo,
+    #[command(flatten)]
+    Admin(switchyard::cli::admin::AdminCommand),
+    #[command(flatten)]
+    Control(switchyard::control::ControlCommand),
 }
 
 fn init_tracing() {
@@ -42,6 +46,26 @@ fn main() -> ExitCode {
         Command::Demo => {
             init_tracing();
             exit(switchyard::serve::demo::run())
+        }
+        Command::Admin(cmd) => switchyard::cli::admin::run(&cmd),
+        Command::Control(c) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(switchyard::control::run(c)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }

@@ -1,6 +1,17 @@
-//! The admin listener: a small HTTP/1 server, separate from the data plane, for metrics,
-//! health and (see the admin API issue) table inspection and changes.
+//! The admin listener, separate from the data plane: the JSON API over the route table
+//! ([`api`]), bearer-token authentication ([`auth`]), the one path every table change takes
+//! ([`ledger`]), the durable version history ([`history`]), change summaries ([`summary`]) and
+//! the dashboard page ([`dashboard`]).
 
+pub mod api;
+pub mod auth;
+pub mod dashboard;
+pub mod history;
+pub mod ledger;
 pub mod server;
+pub mod summary;
 
+pub use auth::Tokens;
+pub use history::History;
+pub use ledger::Ledger;
 pub use server::{serve, AdminState};

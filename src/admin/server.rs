@@ -1,19 +1,20 @@
-//! The admin HTTP server (hyper 1, HTTP/1.1).
+//! The admin HTTP server (hyper 1, HTTP/1.1) on its own listener, separate from the data plane.
+//! Routes and handlers are in [`super::api`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::metrics::METRICS;
+use super::auth::Tokens;
+use super::ledger::Ledger;
 use crate::routing::TableStore;
 
 /// What admin handlers share.
@@ -21,6 +22,25 @@ pub struct AdminState {
     pub store: Arc<TableStore>,
     /// The route files the proxy was started with.
     pub routes_path: Option<PathBuf>,
+    /// Every table change goes through it.
+    pub ledger: Arc<Ledger>,
+    /// Accepted bearer tokens.
+    pub tokens: Tokens,
+    /// Read-only calls need no token (true when the listener is on loopback).
+    pub open_reads: bool,
+}
+
+impl AdminState {
+    /// The state for `ledger`'s table; reads are open when `open_reads`.
+    pub fn new(ledger: Arc<Ledger>, tokens: Tokens, open_reads: bool) -> AdminState {
+        AdminState {
+            store: ledger.store().clone(),
+            routes_path: Some(ledger.routes_path().to_path_buf()),
+            ledger,
+            tokens,
+            open_reads,
+        }
+    }
 }
 
 /// Response helper: a body with a content type.
@@ -34,35 +54,16 @@ pub fn reply(
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     r
 }
 
 /// A JSON response.
 pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
     reply(status, "application/json", format!("{v}\n"))
-}
-
-async fn handle(
-    state: Arc<AdminState>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path().to_string();
-    let resp = match (req.method(), path.as_str()) {
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            METRICS.render(),
-        ),
-        (&Method::GET, "/healthz") => json(
-            StatusCode::OK,
-            &serde_json::json!({ "status": "ok", "version": state.store.version() }),
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({ "error": "not found", "details": [] }),
-        ),
-    };
-    Ok(resp)
 }
 
 /// Serves the admin API on `listener` until the process ends.
@@ -72,14 +73,20 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(state.clone(), req));
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(super::api::handle(state, req).await) }
+            });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {

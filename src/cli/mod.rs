@@ -1,6 +1,8 @@
 //! Command-line subcommands that are not services: `check` (and, over the admin API, the
 //! operator commands).
 
+pub mod admin;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

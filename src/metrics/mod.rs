@@ -17,7 +17,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// `switchyard_route_table_version`.
     pub table_version: IntGauge,
-    /// `switchyard_reloads_total{result}`; `result` is `ok` or `error`.
+    /// `switchyard_reloads_total{result}`; `result` is `ok`, `error`, `conflict` (refused: it would
+    /// undo an admin API change) or `unchanged`.
     pub reloads: IntCounterVec,
     /// `switchyard_upstream_healthy{upstream}`: 1 healthy, 0 unhealthy (active checks).
     pub upstream_healthy: IntGaugeVec,

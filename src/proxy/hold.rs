@@ -65,6 +65,8 @@ impl Holds {
         }
         let start = Instant::now();
         let mut rx = self.tx.subscribe();
+        // Counted in `queued_counts` while waiting (also when the client gives up).
+        let mut _queued = None;
         loop {
             let until = {
                 let h = rx.borrow_and_update();
@@ -74,6 +76,9 @@ impl Holds {
                 h.until
             };
             let Some(until) = until else { break };
+            if _queued.is_none() {
+                _queued = Some(Queued::enter(route));
+            }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { break },
                 _ = tokio::time::sleep_until(until.into()) => break,
@@ -81,6 +86,36 @@ impl Holds {
         }
         start.elapsed()
     }
+}
+
+static QUEUED: LazyLock<Mutex<HashMap<String, Arc<AtomicI64>>>> = LazyLock::new(Default::default);
+
+/// One request waiting out a hold: counted while it lives.
+struct Queued(Arc<AtomicI64>);
+
+impl Queued {
+    fn enter(route: &str) -> Queued {
+        let c = QUEUED.lock().entry(route.to_string()).or_default().clone();
+        c.fetch_add(1, Ordering::Relaxed);
+        Queued(c)
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Requests waiting out a hold, per route id (routes that never had one are absent).
+pub fn queued_counts() -> Vec<(String, i64)> {
+    let mut v: Vec<_> = QUEUED
+        .lock()
+        .iter()
+        .map(|(k, c)| (k.clone(), c.load(Ordering::Relaxed)))
+        .collect();
+    v.sort();
+    v
 }
 
 static INFLIGHT: LazyLock<Mutex<HashMap<String, Arc<AtomicI64>>>> = LazyLock::new(Default::default);
@@ -123,8 +158,16 @@ mod tests {
         let h2 = h.clone();
         let task = tokio::spawn(async move { h2.wait("r").await });
         tokio::time::sleep(Duration::from_millis(30)).await;
+        let queued = |r: &str| {
+            queued_counts()
+                .into_iter()
+                .find(|(k, _)| k == r)
+                .map(|(_, n)| n)
+        };
+        assert_eq!(queued("r"), Some(1));
         h.release();
         let waited = task.await.unwrap();
+        assert_eq!(queued("r"), Some(0));
         assert!(
             waited >= Duration::from_millis(25) && waited < Duration::from_secs(5),
             "{waited:?}"

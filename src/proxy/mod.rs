@@ -26,7 +26,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::metrics::{code_class, PairStats, METRICS};
 use crate::routing::table::{HostHeader, RouteTable};
 use crate::routing::TableStore;
-use decide::{FallbackReason, Order, Steering};
+use decide::{AttemptError, BodyState, FallbackReason, NextStep, Order, Steering};
 use hold::HOLDS;
 
 /// Header naming the upstream that answered (request header name for overrides by default).
@@ -67,8 +67,14 @@ pub struct Ctx {
     pending: Option<(usize, FallbackReason)>,
     /// First fallback this request took, for the access log.
     fell_back: Option<FallbackReason>,
+    /// Already retried a stale pooled connection on the same upstream once.
+    retried_stale: bool,
+    /// The request's `Content-Length`, if any.
+    declared_body: Option<u64>,
+    /// Body bytes sent in the current attempt (a replay resends from the start).
     body_bytes: usize,
-    body_over_limit: bool,
+    /// Most body bytes any attempt sent.
+    body_seen: usize,
     /// Status sent by `fail_to_proxy` or the 404 path.
     status: u16,
     counted_inflight: bool,
@@ -174,8 +180,10 @@ impl ProxyHttp for Proxy {
             forced: false,
             pending: None,
             fell_back: None,
+            retried_stale: false,
+            declared_body: None,
             body_bytes: 0,
-            body_over_limit: false,
+            body_seen: 0,
             status: 0,
             counted_inflight: false,
         }
@@ -216,6 +224,12 @@ impl ProxyHttp for Proxy {
             table.routes[ri].inflight.fetch_add(1, Ordering::Relaxed);
             ctx.counted_inflight = true;
         }
+        ctx.declared_body = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
         Ok(false)
     }
 
@@ -226,11 +240,11 @@ impl ProxyHttp for Proxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(b), Some(ri), Some(t)) = (body.as_ref(), ctx.route, ctx.table.as_ref()) {
+        // On a replay pingora passes the buffered body through here again: count per attempt
+        // (reset in `upstream_request_filter`) so a replayed body is not counted twice.
+        if let Some(b) = body.as_ref() {
             ctx.body_bytes += b.len();
-            if ctx.body_bytes > t.routes[ri].retry_buffer_bytes {
-                ctx.body_over_limit = true;
-            }
+            ctx.body_seen = ctx.body_seen.max(ctx.body_bytes);
         }
         Ok(())
     }
@@ -252,7 +266,7 @@ impl ProxyHttp for Proxy {
             .pending
             .take()
             .or_else(|| skipped.map(|r| (ctx.order.get(ctx.pos).unwrap_or(u), r)));
-        if let Some((from, reason)) = moved_from {
+        if let Some((from, reason)) = moved_from.filter(|_| !ctx.forced) {
             if from != u || reason == FallbackReason::AllDown {
                 let reason = if skipped == Some(FallbackReason::AllDown) {
                     FallbackReason::AllDown
@@ -269,8 +283,8 @@ impl ProxyHttp for Proxy {
                     ])
                     .inc();
                 ctx.fell_back.get_or_insert(reason);
-                if reason == FallbackReason::AllDown {
-                    tracing::warn!(route = %route.id, upstream = %table.upstreams[u].name, "every upstream of the route is down; trying anyway");
+                if reason == FallbackReason::AllDown && log_all_down_now() {
+                    tracing::warn!(route = %route.id, upstream = %table.upstreams[u].name, "every upstream of the route is down; trying anyway (logged at most once a second; switchyard_fallbacks_total counts each)");
                 }
             }
         }
@@ -298,6 +312,7 @@ impl ProxyHttp for Proxy {
         let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) else {
             return Ok(());
         };
+        ctx.body_bytes = 0;
         let up = &table.upstreams[u];
         let client_host = request_host(session.req_header()).into_owned();
         if let HostHeader::Fixed(h) = &up.host {
@@ -357,7 +372,7 @@ impl ProxyHttp for Proxy {
         }
         if status >= 500 && !ctx.forced && ctx.pos + 1 < ctx.order.len() {
             let route = &table.routes[ri];
-            let whole = !ctx.body_over_limit && !session.as_ref().retry_buffer_truncated();
+            let whole = body_whole(session, ctx, route.retry_buffer_bytes);
             if decide::may_replay(&session.req_header().method, true, whole, route) {
                 ctx.pending = Some((u, FallbackReason::Status5xx));
                 ctx.pos += 1;
@@ -449,29 +464,40 @@ impl ProxyHttp for Proxy {
             return e;
         };
         let route = &table.routes[ri];
-        let whole = !ctx.body_over_limit && !session.as_ref().retry_buffer_truncated();
-        let headers_sent = session.response_written().is_some();
-        let replayable =
-            !headers_sent && decide::may_replay(&session.req_header().method, true, whole, route);
-        let timed_out = matches!(
+        let kind = if *e.esource() != ErrorSource::Upstream {
+            AttemptError::Other
+        } else if matches!(
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        );
-        if *e.esource() == ErrorSource::Upstream && timed_out {
+        ) {
+            AttemptError::Timeout
+        } else if client_reused && matches!(e.retry, pingora::RetryType::ReusedOnly) {
+            AttemptError::StalePooled
+        } else {
+            AttemptError::Upstream
+        };
+        let headers_sent = session.response_written().is_some();
+        let replayable = !headers_sent && {
+            let whole = body_whole(session, ctx, route.retry_buffer_bytes);
+            decide::may_replay(&session.req_header().method, true, whole, route)
+        };
+        let can_fall_back = !ctx.forced && ctx.pos + 1 < ctx.order.len();
+        let (step, blame) = decide::after_error(kind, replayable, can_fall_back, ctx.retried_stale);
+        if blame {
             let up = &table.upstreams[u];
             up.state.record_failure(&up.outlier);
-            if replayable && !ctx.forced && ctx.pos + 1 < ctx.order.len() {
-                ctx.pending = Some((u, FallbackReason::Timeout));
+        }
+        match step {
+            NextStep::Same => {
+                ctx.retried_stale = true;
+                e.set_retry(true);
+            }
+            NextStep::Fallback(reason) => {
+                ctx.pending = Some((u, reason));
                 ctx.pos += 1;
                 e.set_retry(true);
-            } else {
-                e.set_retry(false);
             }
-        } else if replayable && *e.esource() == ErrorSource::Upstream {
-            // A pooled connection the upstream had closed: retry the same upstream once.
-            e.retry.decide_reuse(client_reused);
-        } else {
-            e.set_retry(false);
+            NextStep::GiveUp => e.set_retry(false),
         }
         e
     }
@@ -553,6 +579,27 @@ impl ProxyHttp for Proxy {
             });
         }
     }
+}
+
+/// True at most once per second: an outage must not turn into a log line per request.
+fn log_all_down_now() -> bool {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.swap(now, Ordering::Relaxed) != now
+}
+
+/// Whether the request body can be replayed whole within the route's `limit` (see
+/// [`decide::body_whole`]).
+fn body_whole(session: &mut Session, ctx: &Ctx, limit: usize) -> bool {
+    let b = BodyState {
+        declared: ctx.declared_body,
+        seen: ctx.body_seen,
+        done: session.as_mut().is_body_done(),
+        truncated: session.as_ref().retry_buffer_truncated(),
+    };
+    decide::body_whole(&b, limit)
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names, keeping a

@@ -188,6 +188,7 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
     let mut routes: Vec<Route> = Vec::with_capacity(t.routes.len());
     let mut seen_ids: HashMap<&str, &str> = HashMap::new();
     let mut matcher = Matcher::default();
+    let mut prefixes = super::matcher::Trie::default();
     for (i, r) in t.routes.iter().enumerate() {
         let file = doc.route_origin(i);
         let subject = if r.id.is_empty() {
@@ -272,7 +273,17 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
                 inflight: crate::proxy::hold::inflight(&r.id),
                 stats: (0..upstreams.len()).map(|_| OnceLock::new()).collect(),
             };
-            if let Some(prev) = routes.iter().find(|p| shadows(p, &route)) {
+            // Only an earlier route whose literal prefix starts this one's can cover it: the
+            // prefix index finds those without comparing every pair of routes.
+            let mut shadowed_by: Option<usize> = None;
+            prefixes.walk(route.pattern.literal_prefix(), |i| {
+                let i = i as usize;
+                if shadowed_by.is_none_or(|s| i < s) && shadows(&routes[i], &route) {
+                    shadowed_by = Some(i);
+                }
+            });
+            prefixes.insert(route.pattern.literal_prefix(), routes.len() as u32);
+            if let Some(prev) = shadowed_by.map(|i| &routes[i]) {
                 d.push(
                     Severity::Warning,
                     file,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 /// Byte trie of literal prefixes; each node lists the routes whose prefix ends there.
 #[derive(Debug, Default, Clone)]
-struct Trie {
+pub(crate) struct Trie {
     nodes: Vec<Node>,
 }
 
@@ -19,7 +19,7 @@ struct Node {
 }
 
 impl Trie {
-    fn insert(&mut self, prefix: &[u8], route: u32) {
+    pub(crate) fn insert(&mut self, prefix: &[u8], route: u32) {
         if self.nodes.is_empty() {
             self.nodes.push(Node::default());
         }
@@ -40,7 +40,7 @@ impl Trie {
 
     /// Calls `f` with every route whose prefix `path` starts with, shortest prefix first.
     #[inline]
-    fn walk(&self, path: &[u8], mut f: impl FnMut(u32)) {
+    pub(crate) fn walk(&self, path: &[u8], mut f: impl FnMut(u32)) {
         let Some(mut node) = self.nodes.first() else {
             return;
         };

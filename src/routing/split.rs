@@ -27,11 +27,23 @@ pub struct Distribution {
 impl Distribution {
     /// Builds a distribution from `(upstream, weight in buckets)` pairs whose weights sum to
     /// [`BUCKETS`]. Arms are laid out on the bucket line in the order given; the compiler passes
-    /// them sorted by upstream name, so the layout does not depend on how the file orders them.
+    /// them sorted by upstream name, so the layout depends neither on how the file orders them
+    /// nor on upstream indexes, and every proxy instance lays out the same split the same way.
     ///
-    /// Stickiness and monotonicity follow from the layout: a bucket's arm only changes when the
-    /// boundary next to it moves. With two arms (the canary case) raising one weight moves
-    /// clients only from the other arm into it.
+    /// Each arm owns exactly its weight in buckets (weight 0 owns none and moves no boundary).
+    /// A sticky key's bucket is fixed, so its arm changes only when a boundary crosses it:
+    /// - **Two arms** (the canary case): one boundary. Raising one arm by `d` buckets moves
+    ///   exactly `d` buckets, all from the lowered arm into the raised one, whichever name sorts
+    ///   first; clients never move the other way (`two_arms_monotone`).
+    /// - **Three or more arms**: moving weight between two arms that are *adjacent in name
+    ///   order* moves clients only from the lowered into the raised one, as above
+    ///   (`adjacent_arms_monotone`). Moving weight between arms with others *between* them
+    ///   slides those middle arms along the line: each keeps its size, but up to `d` of its
+    ///   buckets pass to its neighbour on the raised side and as many arrive from the lowered
+    ///   side. So with `{a, b, c}`, raising `a` and lowering `c` moves some `b` clients into
+    ///   `a` and some `c` clients into `b` (`non_adjacent_moves_slide_the_middle`). To ramp
+    ///   monotonically with three arms, trade weight between adjacent names, or name the arms so
+    ///   that the two being traded sort next to each other.
     pub fn new(weights: &[(usize, u32)], fallbacks: Vec<usize>) -> Distribution {
         let mut lo = 0;
         let arms = weights
@@ -199,16 +211,72 @@ mod tests {
         );
     }
 
+    #[test]
+    fn non_adjacent_moves_slide_the_middle() {
+        // a = 0, b = 1, c = 2 in name order; raise a by 1000 and lower c by 1000.
+        let before = Distribution::new(&[(0, 1000), (1, 4000), (2, 5000)], vec![]);
+        let after = Distribution::new(&[(0, 2000), (1, 4000), (2, 4000)], vec![]);
+        let moved = |from, to| {
+            (0..BUCKETS)
+                .filter(|&k| before.pick(k) == from && after.pick(k) == to)
+                .count()
+        };
+        assert_eq!(moved(1, 0), 1000, "b clients slide into a");
+        assert_eq!(moved(2, 1), 1000, "c clients slide into b");
+        assert_eq!(moved(2, 0), 0);
+    }
+
     proptest! {
-        /// Raising the new arm (upstream 0) never moves a bucket from it back to legacy (1).
+        /// Raising one of two arms never moves a bucket from it to the other, whichever of the
+        /// two is laid out first (the new arm's name may sort before or after legacy's).
         #[test]
-        fn two_arms_monotone(a in 0u32..=BUCKETS, b in 0u32..=BUCKETS, key in any::<u64>()) {
+        fn two_arms_monotone(
+            a in 0u32..=BUCKETS,
+            b in 0u32..=BUCKETS,
+            raised_first in any::<bool>(),
+            key in any::<u64>(),
+        ) {
             let (lo, hi) = (a.min(b), a.max(b));
-            let before = Distribution::new(&[(0, lo), (1, BUCKETS - lo)], vec![]);
-            let after = Distribution::new(&[(0, hi), (1, BUCKETS - hi)], vec![]);
+            let layout = |w: u32| {
+                if raised_first {
+                    Distribution::new(&[(0, w), (1, BUCKETS - w)], vec![])
+                } else {
+                    Distribution::new(&[(1, BUCKETS - w), (0, w)], vec![])
+                }
+            };
+            let (before, after) = (layout(lo), layout(hi));
             let bucket = bucket_of(&key.to_le_bytes());
             if before.pick(bucket) == 0 {
                 prop_assert_eq!(after.pick(bucket), 0);
+            }
+            // And exactly hi - lo buckets changed arm.
+            let changed = (0..BUCKETS).filter(|&k| before.pick(k) != after.pick(k)).count();
+            prop_assert_eq!(changed as u32, hi - lo);
+        }
+
+        /// With three or more arms, moving weight between two arms adjacent in the layout
+        /// moves buckets only from the lowered arm into the raised one.
+        #[test]
+        fn adjacent_arms_monotone(
+            w in proptest::collection::vec(0u32..2000, 3..6),
+            pick in any::<prop::sample::Index>(),
+            d in 0u32..3000,
+            up_is_left in any::<bool>(),
+        ) {
+            let total: u32 = w.iter().sum();
+            let mut before: Vec<(usize, u32)> = w.iter().copied().enumerate().collect();
+            let last = before.len() - 1;
+            before[last].1 += BUCKETS - total;
+            let j = pick.index(before.len() - 1);
+            let (up, down) = if up_is_left { (j, j + 1) } else { (j + 1, j) };
+            let d = d.min(before[down].1);
+            let mut after = before.clone();
+            after[up].1 += d;
+            after[down].1 -= d;
+            let (b, a) = (Distribution::new(&before, vec![]), Distribution::new(&after, vec![]));
+            for k in 0..BUCKETS {
+                let (x, y) = (b.pick(k), a.pick(k));
+                prop_assert!(x == y || (x == down && y == up), "bucket {} moved {} -> {}", k, x, y);
             }
         }
 

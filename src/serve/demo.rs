@@ -44,7 +44,7 @@ pub fn run() -> anyhow::Result<()> {
          \x20 legacy origin  http://127.0.0.1:8081\n\
          \x20 new origin     http://127.0.0.1:8082\n\
          \x20 proxy          http://127.0.0.1:8080   (routes: {routes})\n\
-         \x20 admin          http://127.0.0.1:9090\n\n\
+         \x20 admin          http://127.0.0.1:9090   (dashboard; changes need SWITCHYARD_ADMIN_TOKEN)\n\n\
          Try:\n\
          \x20 curl -s localhost:8080/static/logo.png              # -> legacy\n\
          \x20 curl -s localhost:8080/api/orders/7                 # -> new\n\
@@ -61,5 +61,8 @@ pub fn run() -> anyhow::Result<()> {
         admin: "127.0.0.1:9090".parse().expect("literal"),
         access_log: "off".into(),
         threads: None,
+        state: None,
+        admin_token_file: None,
+        force_files: false,
     })
 }

@@ -13,9 +13,9 @@ use anyhow::{anyhow, Context};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
-use crate::admin::AdminState;
+use crate::admin::auth::TOKEN_ENV;
+use crate::admin::{AdminState, History, Ledger, Tokens};
 use crate::proxy::{log::AccessLog, Proxy};
-use crate::routing::{RouteTable, TableStore};
 
 /// Options of `switchyard serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -26,9 +26,21 @@ pub struct ServeArgs {
     /// Data-plane listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Admin API listen address.
+    /// Admin API listen address. A non-loopback address needs an admin token.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
+    /// Directory of the durable state (the version history, `history.redb`). Without it the
+    /// history is kept in memory and a restart starts again from the route files.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// File of `NAME:TOKEN` lines: admin tokens and the actor names the history records.
+    /// `SWITCHYARD_ADMIN_TOKEN` (actor `admin`) may be used instead or as well.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Let route file reloads undo changes made through the admin API (default: such a reload
+    /// is refused until `switchyard adopt`).
+    #[arg(long)]
+    pub force_files: bool,
     /// Access log target: `-` (stdout), a file path, or `off`.
     #[arg(long, default_value = "-")]
     pub access_log: String,
@@ -40,11 +52,34 @@ pub struct ServeArgs {
 /// Runs the proxy until the process is told to stop. Refuses to start when the route files do
 /// not compile (every error printed).
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let store = Arc::new(TableStore::new(RouteTable::empty()));
-    if let Err(diags) = reload::reload(&args.routes, &store) {
-        let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-        return Err(anyhow!("route files do not compile:\n{}", list.join("\n")));
+    let env_token = std::env::var(TOKEN_ENV).ok();
+    let tokens = Tokens::load(env_token.as_deref(), args.admin_token_file.as_deref())
+        .context("admin tokens")?;
+    let loopback = args.admin.ip().is_loopback();
+    if !loopback && tokens.is_empty() {
+        return Err(anyhow!(
+            "refusing to serve the admin API on non-loopback address {} without a token: set {TOKEN_ENV} or --admin-token-file",
+            args.admin
+        ));
     }
+    if tokens.is_empty() {
+        tracing::warn!(
+            "no admin token: the admin API is read-only (set {TOKEN_ENV} or --admin-token-file)"
+        );
+    }
+    let history = match &args.state {
+        Some(dir) => History::open(dir).context("opening the state directory")?,
+        None => History::in_memory().context("creating the in-memory history")?,
+    };
+    let ledger = match Ledger::start(history, args.routes.clone(), args.force_files) {
+        Ok(l) => Arc::new(l),
+        Err(crate::admin::ledger::ChangeError::Invalid(diags)) => {
+            let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            return Err(anyhow!("route files do not compile:\n{}", list.join("\n")));
+        }
+        Err(e) => return Err(anyhow!(e).context("loading the route table")),
+    };
+    let store = ledger.store().clone();
     let access_log = match args.access_log.as_str() {
         "off" | "" => None,
         t => Some(AccessLog::start(t).with_context(|| format!("opening access log {t}"))?),
@@ -55,8 +90,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin_listener = std::net::TcpListener::bind(args.admin)
         .with_context(|| format!("binding admin listener {}", args.admin))?;
     admin_listener.set_nonblocking(true)?;
-    let control_store = store.clone();
-    let routes_path = args.routes.clone();
+    let control_ledger = ledger.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -79,12 +113,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                         std::process::exit(1);
                     }
                 };
-                let state = Arc::new(AdminState {
-                    store: control_store.clone(),
-                    routes_path: Some(routes_path.clone()),
-                });
+                let state = Arc::new(AdminState::new(control_ledger.clone(), tokens, loopback));
                 tokio::spawn(crate::admin::serve(listener, state));
-                reload::watch(routes_path, control_store).await;
+                tokio::spawn(crate::health::active::supervise(
+                    control_ledger.store().clone(),
+                ));
+                reload::watch(control_ledger).await;
             });
         })?;
 
@@ -109,6 +143,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     svc.add_tcp(&args.listen);
     server.add_service(svc);
-    tracing::info!(listen = %args.listen, admin = %args.admin, threads, "switchyard serving");
+    tracing::info!(listen = %args.listen, admin = %args.admin, threads, version = ledger.store().version(), "switchyard serving");
     server.run_forever()
 }

@@ -1,4 +1,6 @@
-//! Reloading route files: parse, compile, validate, swap. Any failure keeps the running table.
+//! Reloading route files on change or SIGHUP: parse, compile, validate, swap, through
+//! [`Ledger::load_files`] so that every version is recorded and the files-vs-API rule holds.
+//! Any failure keeps the running table.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -6,41 +8,44 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::metrics::METRICS;
-use crate::routing::compile::{check_path, Diagnostic, Severity};
-use crate::routing::{RouteTable, TableStore};
+use crate::admin::ledger::{ChangeError, FileLoad, Loaded};
+use crate::admin::Ledger;
+use crate::routing::compile::Diagnostic;
 
-/// Reads, compiles and publishes the route files at `path`. On error nothing is published and
-/// every diagnostic is returned; the running table keeps serving.
-pub fn reload(path: &Path, store: &TableStore) -> Result<Arc<RouteTable>, Vec<Diagnostic>> {
-    let (compiled, diags) = check_path(path);
-    let Some(compiled) = compiled.filter(|_| !diags.iter().any(|d| d.severity == Severity::Error))
-    else {
-        METRICS.reloads.with_label_values(&["error"]).inc();
-        for d in &diags {
-            tracing::error!(path = %path.display(), "{d}");
-        }
-        tracing::error!(path = %path.display(), version = store.version(), "reload rejected; the running table stays");
-        return Err(diags);
-    };
-    for d in &diags {
-        tracing::warn!(path = %path.display(), "{d}");
-    }
-    let table = store.publish(compiled.table);
-    METRICS.reloads.with_label_values(&["ok"]).inc();
-    METRICS.table_version.set(table.version as i64);
-    tracing::info!(path = %path.display(), version = table.version, routes = table.routes.len(), "routes reloaded");
-    Ok(table)
+/// Reads, compiles and publishes the route files (`how`: a change seen in the directory, or
+/// SIGHUP). On error nothing is published: compile errors are returned as diagnostics; a
+/// refusal by the files-vs-API rule or a history failure as one diagnostic saying so. Every
+/// outcome is counted and logged by the ledger.
+pub fn reload(ledger: &Ledger, how: FileLoad) -> Result<Loaded, Vec<Diagnostic>> {
+    ledger.load_files(how).map_err(|e| match e {
+        ChangeError::Invalid(d) => d,
+        other => vec![Diagnostic {
+            severity: crate::routing::Severity::Error,
+            file: ledger.routes_path().display().to_string(),
+            subject: String::new(),
+            field: None,
+            message: other.to_string(),
+        }],
+    })
 }
 
-/// Watches `path` (a file or directory) and SIGHUP; reloads on every change, debounced.
-pub async fn watch(path: PathBuf, store: Arc<TableStore>) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+/// Watches the route files (a file or directory) and SIGHUP; reloads on every change,
+/// debounced.
+pub async fn watch(ledger: Arc<Ledger>) {
+    let path: PathBuf = ledger.routes_path().to_path_buf();
+    // `true` = SIGHUP, `false` = a change in the directory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(16);
     let watch_tx = tx.clone();
+    // The history database may live next to the route files: its writes are not changes.
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if !ev.kind.is_access() {
-                let _ = watch_tx.try_send(());
+            let ours = !ev.paths.is_empty()
+                && ev.paths.iter().all(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n == crate::admin::history::DB_FILE)
+                });
+            if !ev.kind.is_access() && !ours {
+                let _ = watch_tx.try_send(false);
             }
         }
     });
@@ -71,18 +76,26 @@ pub async fn watch(path: PathBuf, store: Arc<TableStore>) {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading routes");
-                    let _ = tx.send(()).await;
+                    let _ = tx.send(true).await;
                 }
             });
         }
         Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
     }
-    while rx.recv().await.is_some() {
+    while let Some(first) = rx.recv().await {
         // Debounce: an editor's save is several events; a rewrite may be mid-way.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        while rx.try_recv().is_ok() {}
-        let p = path.clone();
-        let s = store.clone();
-        let _ = tokio::task::spawn_blocking(move || reload(&p, &s)).await;
+        let mut signal = first;
+        while let Ok(s) = rx.try_recv() {
+            signal |= s;
+        }
+        let how = if signal {
+            FileLoad::Signal
+        } else {
+            FileLoad::Changed
+        };
+        let l = ledger.clone();
+        // Outcomes are counted and logged by the ledger.
+        let _ = tokio::task::spawn_blocking(move || reload(&l, how)).await;
     }
 }

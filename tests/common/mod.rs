@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +29,8 @@ pub enum Mode {
     Error500 = 1,
     /// Never answers.
     Hang = 2,
+    /// Reads the request, then closes the connection without answering.
+    Close = 3,
 }
 
 /// Shared state of one origin.
@@ -42,6 +43,8 @@ pub struct OriginState {
     pub health_requests: AtomicU64,
     /// SNI of the last TLS handshake.
     pub last_sni: Mutex<Option<String>>,
+    /// Added before answering anything but `/healthz`, in ms (so requests are in flight).
+    pub delay_ms: AtomicU64,
 }
 
 impl OriginState {
@@ -52,6 +55,7 @@ impl OriginState {
         match self.mode.load(Ordering::SeqCst) {
             1 => Mode::Error500,
             2 => Mode::Hang,
+            3 => Mode::Close,
             _ => Mode::Normal,
         }
     }
@@ -70,13 +74,14 @@ impl OriginState {
 pub struct Origin {
     pub addr: SocketAddr,
     pub state: Arc<OriginState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     tasks: Option<tokio::task::JoinHandle<()>>,
 }
 
 async fn describe(
     state: Arc<OriginState>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -94,7 +99,15 @@ async fn describe(
             .entry(parts.method.to_string())
             .or_default() += 1;
     }
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 && parts.uri.path() != "/healthz" {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let mode = state.mode();
+    if mode == Mode::Close && parts.uri.path() != "/healthz" {
+        // A service error makes hyper drop the connection without a response.
+        return Err(std::io::Error::other("closing without an answer"));
+    }
     if mode == Mode::Hang {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
@@ -146,40 +159,13 @@ impl Origin {
             by_method: Mutex::new(HashMap::new()),
             health_requests: AtomicU64::new(0),
             last_sni: Mutex::new(None),
+            delay_ms: AtomicU64::new(0),
         });
-        let st = state.clone();
-        let tasks = tokio::spawn(async move {
-            // Connections live in this set: aborting the accept task drops it, closing them all.
-            let mut conns = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let st = st.clone();
-                let st2 = st.clone();
-                let tls = tls.clone();
-                conns.spawn(async move {
-                    let svc = service_fn(move |r| describe(st.clone(), r));
-                    let builder = hyper::server::conn::http1::Builder::new();
-                    match tls {
-                        None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                        }
-                        Some(acc) => {
-                            if let Ok(s) = acc.accept(stream).await {
-                                *st2.last_sni.lock().unwrap() =
-                                    s.get_ref().1.server_name().map(str::to_string);
-                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                            }
-                        }
-                    }
-                });
-                while conns.try_join_next().is_some() {}
-            }
-        });
+        let tasks = serve(listener, state.clone(), tls.clone());
         Origin {
             addr,
             state,
+            tls,
             tasks: Some(tasks),
         }
     }
@@ -192,15 +178,58 @@ impl Origin {
         }
     }
 
-    /// Restarts on the same address (after [`Origin::kill`]).
+    /// Restarts on the same address (after [`Origin::kill`]), with the same TLS and the same
+    /// state: counters and mode carry over.
     pub async fn revive(&mut self) {
-        let fresh = Origin::start_on(&self.state.name, self.addr, None).await;
-        // Keep the counters: move the new task under the old state by swapping.
-        self.tasks = {
-            let mut f = fresh;
-            f.tasks.take()
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "rebinding {}: {e}", self.addr);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         };
+        self.tasks = Some(serve(listener, self.state.clone(), self.tls.clone()));
     }
+}
+
+/// Accepts on `listener` until aborted; aborting also closes every open connection.
+fn serve(
+    listener: TcpListener,
+    st: Arc<OriginState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // Connections live in this set: aborting the accept task drops it, closing them all.
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let st = st.clone();
+            let st2 = st.clone();
+            let tls = tls.clone();
+            conns.spawn(async move {
+                let svc = service_fn(move |r| describe(st.clone(), r));
+                let builder = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(acc) => {
+                        if let Ok(s) = acc.accept(stream).await {
+                            *st2.last_sni.lock().unwrap() =
+                                s.get_ref().1.server_name().map(str::to_string);
+                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
+                }
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    })
 }
 
 impl Drop for Origin {
@@ -237,6 +266,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port for a server the test starts later. `free_port` hands back a port from the
+/// kernel's ephemeral range, which `bind(0)` (other tests' origins) and outgoing connections
+/// draw from, so under parallel tests another socket can take it before the server binds it
+/// (and the test then talks to the wrong server). This picks a free port below that range
+/// instead, never the same one twice in this process.
+pub fn reserve_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low <= 11_000 {
+        return free_port();
+    }
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let p = rand::random_range(10_000..low);
+        if !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            given.push(p);
+            return p;
+        }
+    }
+}
+
 /// The built `switchyard` binary, running `serve`.
 pub struct Proxy {
     pub child: Child,
@@ -253,8 +306,15 @@ impl Proxy {
     }
 
     pub async fn start_with(dir: &Path, extra: &[&str]) -> Proxy {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_env(dir, extra, &[]).await
+    }
+
+    /// Starts `switchyard serve` with extra arguments and environment variables. The admin
+    /// token comes only from `env`: `SWITCHYARD_ADMIN_TOKEN` is not inherited from the test's
+    /// environment.
+    pub async fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let addr: SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "--routes"])
             .arg(dir)
@@ -273,6 +333,8 @@ impl Proxy {
             })
             .args(extra)
             .env("SWITCHYARD_LOG", "warn")
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -321,6 +383,22 @@ impl Proxy {
             assert!(Instant::now() < deadline, "table version never reached {v}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+impl Proxy {
+    /// Stops the process with SIGTERM (pingora's graceful stop) and waits until it exits.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process with SIGKILL and waits until it is gone: nothing gets to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,821 @@
+//! The operator commands over the admin API (`switchyard table`, `weight`, `rollback`,
+//! `revert`, `history`, `diff`, `hold`, `release`, `adopt`, `upstreams`, `inflight`).
+//!
+//! Each takes `--admin URL` (default `http://127.0.0.1:9090`, or `SWITCHYARD_ADMIN`) and reads
+//! the token from `SWITCHYARD_ADMIN_TOKEN`. Output is a readable table by default and the
+//! server's JSON with `--json`. Any failure exits 1 with the server's message and details.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+use crate::admin::auth::TOKEN_ENV;
+use crate::admin::summary::{self, ChangeKind, Summary};
+use crate::config::TableFile;
+
+/// Where the admin API is and how to print.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Conn {
+    /// Admin API base URL.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub admin: String,
+    /// Print the server's JSON instead of a table (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The commands that talk to a running switchyard.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Show the live route table: each route's match, weights, fallback and origin.
+    Table {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print the live table as a route file (TOML), e.g. to make the files agree.
+        #[arg(long, conflicts_with = "json")]
+        toml: bool,
+    },
+    /// Set a route's split: `switchyard weight users new=25 legacy=75`.
+    Weight {
+        #[command(flatten)]
+        conn: Conn,
+        /// Route id.
+        route: String,
+        /// `UPSTREAM=PERCENT` pairs summing to 100.
+        #[arg(required = true, value_name = "UPSTREAM=PERCENT")]
+        weights: Vec<String>,
+        /// Why (recorded in the history).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Refuse if the live table is no longer at this version.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Send 100% of a route to its fallback, effective for the next request.
+    Rollback {
+        #[command(flatten)]
+        conn: Conn,
+        /// Route id.
+        route: String,
+        /// Why (recorded in the history).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Restore the whole table of an earlier version, as a new version.
+    Revert {
+        #[command(flatten)]
+        conn: Conn,
+        /// The version to go back to.
+        version: u64,
+        /// Why (recorded in the history).
+        #[arg(long)]
+        reason: String,
+    },
+    /// List versions, newest first; or show one version.
+    History {
+        #[command(flatten)]
+        conn: Conn,
+        /// Show this version in full.
+        version: Option<u64>,
+        /// How many versions to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// What changed from one version to another, per route and upstream.
+    Diff {
+        #[command(flatten)]
+        conn: Conn,
+        /// The version to compare from.
+        from: u64,
+        /// The version to compare to.
+        to: u64,
+    },
+    /// Hold new requests for routes: they wait (not fail) until `release` or --max-ms.
+    Hold {
+        #[command(flatten)]
+        conn: Conn,
+        /// Route ids.
+        #[arg(required = true)]
+        routes: Vec<String>,
+        /// Longest wait, in milliseconds; the hold ends by itself then.
+        #[arg(long)]
+        max_ms: u64,
+        /// Why (logged).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End the hold: held requests proceed on the table current now.
+    Release {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Take the route files as they are now, overriding changes made through the API.
+    Adopt {
+        #[command(flatten)]
+        conn: Conn,
+        /// Why (recorded in the history).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Health and ejection state of every upstream.
+    Upstreams {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Requests in flight and held, per route.
+    Inflight {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the admin API at {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("{message} (HTTP {status})")]
+    Server {
+        status: u16,
+        message: String,
+        details: Vec<Value>,
+    },
+    #[error("unexpected answer from {url}: {message}")]
+    Decode { url: String, message: String },
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// A connection to the admin API.
+struct Api {
+    base: String,
+    token: Option<String>,
+    http: HttpClient,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn new(conn: &Conn) -> Result<Api, CliError> {
+        let base = conn.admin.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") {
+            return Err(CliError::Usage(format!(
+                "--admin {base:?}: expected http://HOST:PORT (the admin API speaks plain HTTP; reach a remote one through an SSH tunnel)"
+            )));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))?;
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Ok(Api {
+            base,
+            token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+            http,
+            rt,
+        })
+    }
+
+    /// Sends a call and returns the JSON answer.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        self.call_raw(method, path, body, None, false)
+    }
+
+    /// `if_match` adds `If-Match: "VERSION"`; `raw` returns a successful body as a JSON string.
+    fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<u64>,
+        raw: bool,
+    ) -> Result<Value, CliError> {
+        let url = format!("{}{}", self.base, path);
+        let mut b = http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            b = b.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some(v) = if_match {
+            b = b.header(http::header::IF_MATCH, format!("\"{v}\""));
+        }
+        let payload = match body {
+            Some(v) => {
+                b = b.header(http::header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = b
+            .body(Full::new(payload))
+            .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
+        let transport = |message: String| CliError::Transport {
+            url: url.clone(),
+            message,
+        };
+        let (status, text) = self.rt.block_on(async {
+            let fut = async {
+                let resp = self
+                    .http
+                    .request(req)
+                    .await
+                    .map_err(|e| transport(error_chain(&e)))?;
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| transport(e.to_string()))?
+                    .to_bytes();
+                Ok::<_, CliError>((status, String::from_utf8_lossy(&body).into_owned()))
+            };
+            tokio::time::timeout(Duration::from_secs(30), fut)
+                .await
+                .map_err(|_| transport("timed out after 30 s".into()))?
+        })?;
+        if raw && status < 300 {
+            return Ok(Value::String(text));
+        }
+        let v: Value = serde_json::from_str(&text).map_err(|e| CliError::Decode {
+            url: url.clone(),
+            message: format!("HTTP {status}, not JSON ({e}): {}", text.trim()),
+        })?;
+        if status >= 300 {
+            return Err(CliError::Server {
+                status,
+                message: v["error"].as_str().unwrap_or("error").to_string(),
+                details: v["details"].as_array().cloned().unwrap_or_default(),
+            });
+        }
+        Ok(v)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Runs an admin command; prints its result and returns the exit code.
+pub fn run(cmd: &AdminCommand) -> ExitCode {
+    match execute(cmd) {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{}", out.trim_end());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            if let CliError::Server { details, .. } = &e {
+                for d in details {
+                    eprintln!("  {}", detail_line(d));
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One detail as text: a diagnostic (`file: subject: field: message`) or a plain value.
+fn detail_line(d: &Value) -> String {
+    match d {
+        Value::String(s) => s.clone(),
+        Value::Object(o) if o.contains_key("message") => {
+            let mut parts = vec![];
+            for k in ["severity", "file", "subject", "field", "message"] {
+                if let Some(s) = o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                    parts.push(s.to_string());
+                }
+            }
+            parts.join(": ")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn conn_of(cmd: &AdminCommand) -> &Conn {
+    match cmd {
+        AdminCommand::Table { conn, .. }
+        | AdminCommand::Weight { conn, .. }
+        | AdminCommand::Rollback { conn, .. }
+        | AdminCommand::Revert { conn, .. }
+        | AdminCommand::History { conn, .. }
+        | AdminCommand::Diff { conn, .. }
+        | AdminCommand::Hold { conn, .. }
+        | AdminCommand::Release { conn }
+        | AdminCommand::Adopt { conn, .. }
+        | AdminCommand::Upstreams { conn }
+        | AdminCommand::Inflight { conn } => conn,
+    }
+}
+
+/// Parses `UPSTREAM=PERCENT` pairs.
+pub fn parse_weights(specs: &[String]) -> Result<BTreeMap<String, f64>, CliError> {
+    let mut out = BTreeMap::new();
+    for s in specs {
+        let (name, pct) = s
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("{s:?}: expected UPSTREAM=PERCENT")))?;
+        let pct: f64 = pct
+            .trim()
+            .trim_end_matches('%')
+            .parse()
+            .map_err(|_| CliError::Usage(format!("{s:?}: {pct:?} is not a number")))?;
+        if out.insert(name.trim().to_string(), pct).is_some() {
+            return Err(CliError::Usage(format!("{name:?} is given twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn execute(cmd: &AdminCommand) -> Result<String, CliError> {
+    let conn = conn_of(cmd);
+    let api = Api::new(conn)?;
+    let as_json = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    match cmd {
+        AdminCommand::Table { toml, .. } => {
+            if *toml {
+                let v = api.call_raw("GET", "/v1/table?format=toml", None, None, true)?;
+                return Ok(v.as_str().unwrap_or_default().to_string());
+            }
+            let v = api.call("GET", "/v1/table", None)?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else {
+                show_table(&v)
+            })
+        }
+        AdminCommand::Weight {
+            route,
+            weights,
+            reason,
+            if_match,
+            ..
+        } => {
+            let split = parse_weights(weights)?;
+            let body = json!({ "split": split, "reason": reason });
+            let path = format!("/v1/routes/{route}");
+            let v = api.call_raw("PATCH", &path, Some(&body), *if_match, false)?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else {
+                show_change(&v)
+            })
+        }
+        AdminCommand::Rollback { route, reason, .. } => {
+            let v = api.call(
+                "POST",
+                &format!("/v1/routes/{route}/rollback"),
+                Some(&json!({ "reason": reason })),
+            )?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else {
+                show_change(&v)
+            })
+        }
+        AdminCommand::Revert {
+            version, reason, ..
+        } => {
+            let v = api.call(
+                "POST",
+                "/v1/revert",
+                Some(&json!({ "to": version, "reason": reason })),
+            )?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else {
+                show_change(&v)
+            })
+        }
+        AdminCommand::History { version, limit, .. } => match version {
+            Some(n) => {
+                let v = api.call("GET", &format!("/v1/history/{n}"), None)?;
+                Ok(if conn.json {
+                    as_json(&v)
+                } else {
+                    show_version(&v)
+                })
+            }
+            None => {
+                let v = api.call("GET", &format!("/v1/history?limit={limit}"), None)?;
+                Ok(if conn.json {
+                    as_json(&v)
+                } else {
+                    show_history(&v)
+                })
+            }
+        },
+        AdminCommand::Diff { from, to, .. } => {
+            let a = api.call("GET", &format!("/v1/history/{from}"), None)?;
+            let b = api.call("GET", &format!("/v1/history/{to}"), None)?;
+            let table = |v: &Value, n: u64| -> Result<TableFile, CliError> {
+                serde_json::from_value(v["table"].clone()).map_err(|e| CliError::Decode {
+                    url: format!("{}/v1/history/{n}", api.base),
+                    message: e.to_string(),
+                })
+            };
+            let s = summary::diff(&table(&a, *from)?, &table(&b, *to)?);
+            Ok(if conn.json {
+                as_json(&json!({ "from": from, "to": to, "changes": s }))
+            } else {
+                show_diff(*from, *to, &s)
+            })
+        }
+        AdminCommand::Hold {
+            routes,
+            max_ms,
+            reason,
+            ..
+        } => {
+            let v = api.call(
+                "POST",
+                "/v1/hold",
+                Some(&json!({ "routes": routes, "max_ms": max_ms, "reason": reason })),
+            )?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else {
+                format!(
+                    "holding {} for at most {} ms (switchyard release to end it)",
+                    list(&v["held"]),
+                    v["max_ms"]
+                )
+            })
+        }
+        AdminCommand::Release { .. } => {
+            let v = api.call("POST", "/v1/release", None)?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else if v["released"].as_array().is_some_and(|a| !a.is_empty()) {
+                format!("released {}", list(&v["released"]))
+            } else {
+                "no hold was in force".into()
+            })
+        }
+        AdminCommand::Adopt { reason, .. } => {
+            let v = api.call("POST", "/v1/adopt", Some(&json!({ "reason": reason })))?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else {
+                show_change(&v)
+            })
+        }
+        AdminCommand::Upstreams { .. } => {
+            let v = api.call("GET", "/v1/upstreams", None)?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else {
+                show_upstreams(&v)
+            })
+        }
+        AdminCommand::Inflight { .. } => {
+            let v = api.call("GET", "/v1/inflight", None)?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else {
+                show_inflight(&v)
+            })
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn list(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(s).collect::<Vec<_>>().join(" "),
+        _ => "-".into(),
+    }
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn columns(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let pad = widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(c.chars().count());
+                l.push_str(c);
+                l.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+fn source_line(v: &Value) -> String {
+    let src = &v["source"];
+    if src.is_null() {
+        return String::new();
+    }
+    let mut l = format!(
+        "{} {} by {} at {}",
+        s(&src["source"]),
+        s(&src["action"]),
+        s(&src["actor"]),
+        s(&src["time"])
+    );
+    if let Some(r) = src["reason"].as_str() {
+        l.push_str(&format!(": {r:?}"));
+    }
+    l
+}
+
+fn show_table(v: &Value) -> String {
+    let mut out = format!("version {}  ({})\n", s(&v["version"]), source_line(v));
+    let rows: Vec<Vec<String>> = v["routes"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let mut m = String::new();
+            if let Some(h) = r["hosts"].as_array() {
+                m.push_str(&h.iter().map(s).collect::<Vec<_>>().join(","));
+            }
+            m.push_str(r["path"].as_str().unwrap_or(""));
+            if let Some(ms) = r["methods"].as_array() {
+                m.push_str(&format!(
+                    " [{}]",
+                    ms.iter().map(s).collect::<Vec<_>>().join(",")
+                ));
+            }
+            let weights = r["weights"]
+                .as_object()
+                .map(|w| {
+                    w.iter()
+                        .map(|(n, p)| format!("{n}={}", summary::pct(p.as_f64().unwrap_or(0.0))))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let mut origin = s(&r["origin"]);
+            if r["api_changed"].as_bool() == Some(true) {
+                origin.push_str(" (changed via API)");
+            }
+            vec![s(&r["id"]), m, weights, list(&r["fallbacks"]), origin]
+        })
+        .collect();
+    out.push_str(&columns(
+        &["ROUTE", "MATCH", "WEIGHTS", "FALLBACK", "ORIGIN"],
+        &rows,
+    ));
+    let c = &v["files"]["conflict"];
+    if !c.is_null() {
+        out.push_str(&format!(
+            "\nwarning: a route file reload was refused at {}: it would change {} (changed via the API); `switchyard adopt` lets the files win\n",
+            s(&c["time"]),
+            list(&c["subjects"])
+        ));
+    }
+    if !v["hold"].is_null() {
+        out.push_str(&format!(
+            "\nhold: {} for {} ms more\n",
+            list(&v["hold"]["routes"]),
+            s(&v["hold"]["remaining_ms"])
+        ));
+    }
+    out
+}
+
+fn show_change(v: &Value) -> String {
+    let changes: Summary = serde_json::from_value(v["changes"].clone()).unwrap_or_default();
+    let mut out = format!(
+        "version {} ({} by {})\n",
+        s(&v["version"]),
+        s(&v["action"]),
+        s(&v["actor"])
+    );
+    out.push_str(&diff_lines(&changes));
+    for w in v["warnings"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+    {
+        out.push_str(&format!("{}\n", detail_line(w)));
+    }
+    out
+}
+
+fn diff_lines(c: &Summary) -> String {
+    if c.is_empty() {
+        return "  no changes\n".into();
+    }
+    let mut rows: Vec<Vec<String>> = c
+        .routes
+        .iter()
+        .map(|r| {
+            let what = match r.change {
+                ChangeKind::Added => format!("added: {}", r.after.clone().unwrap_or_default()),
+                ChangeKind::Removed => {
+                    format!("removed (was {})", r.before.clone().unwrap_or_default())
+                }
+                ChangeKind::Changed => {
+                    let (b, a) = (
+                        r.before.clone().unwrap_or_default(),
+                        r.after.clone().unwrap_or_default(),
+                    );
+                    if a != b {
+                        format!("{b} -> {a}")
+                    } else {
+                        format!("changed {}", r.fields.join(", "))
+                    }
+                }
+            };
+            vec![format!("  route {}", r.route), what]
+        })
+        .collect();
+    for u in &c.upstreams {
+        let what = match u.change {
+            ChangeKind::Added => "added".to_string(),
+            ChangeKind::Removed => "removed".to_string(),
+            ChangeKind::Changed => format!("changed {}", u.fields.join(", ")),
+        };
+        rows.push(vec![format!("  upstream {}", u.upstream), what]);
+    }
+    if c.proxy {
+        rows.push(vec!["  [proxy]".into(), "changed".into()]);
+    }
+    if c.order {
+        rows.push(vec!["  route order".into(), "changed".into()]);
+    }
+    let mut out = String::new();
+    let w = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+    for r in rows {
+        out.push_str(&format!("{:w$}  {}\n", r[0], r[1]));
+    }
+    out
+}
+
+fn show_history(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["versions"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let mut action = s(&r["action"]);
+            if let Some(t) = r["reverted_to"].as_u64() {
+                action.push_str(&format!(" to {t}"));
+            }
+            vec![
+                s(&r["version"]),
+                s(&r["time"]),
+                s(&r["actor"]),
+                s(&r["source"]),
+                action,
+                s(&r["reason"]),
+                s(&r["summary"]),
+            ]
+        })
+        .collect();
+    columns(
+        &[
+            "VERSION", "TIME", "ACTOR", "SOURCE", "ACTION", "REASON", "CHANGES",
+        ],
+        &rows,
+    )
+}
+
+fn show_version(v: &Value) -> String {
+    let changes: Summary = serde_json::from_value(v["changes"].clone()).unwrap_or_default();
+    let mut out = format!(
+        "version {}\n  time    {}\n  actor   {}\n  source  {}{}\n  action  {}\n  reason  {}\n",
+        s(&v["version"]),
+        s(&v["time"]),
+        s(&v["actor"]),
+        s(&v["source"]),
+        v["files"]
+            .as_str()
+            .map(|f| format!(" ({f})"))
+            .unwrap_or_default(),
+        match v["reverted_to"].as_u64() {
+            Some(t) => format!("{} to {t}", s(&v["action"])),
+            None => s(&v["action"]),
+        },
+        s(&v["reason"]),
+    );
+    out.push_str("changes:\n");
+    out.push_str(&diff_lines(&changes));
+    if let Ok(t) = serde_json::from_value::<TableFile>(v["table"].clone()) {
+        out.push_str("routes:\n");
+        for r in &t.routes {
+            out.push_str(&format!(
+                "  {}  {}  {}\n",
+                r.id,
+                r.path,
+                summary::describe_route(r)
+            ));
+        }
+    }
+    out
+}
+
+fn show_diff(from: u64, to: u64, c: &Summary) -> String {
+    format!("version {from} -> {to}\n{}", diff_lines(c))
+}
+
+fn show_upstreams(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["upstreams"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|u| {
+            let mut state = s(&u["state"]);
+            if let Some(ms) = u["ejected_for_ms"].as_u64() {
+                state.push_str(&format!(" ({ms} ms left)"));
+            }
+            vec![s(&u["name"]), state, list(&u["addrs"]), list(&u["routes"])]
+        })
+        .collect();
+    columns(&["UPSTREAM", "STATE", "ADDRS", "ROUTES"], &rows)
+}
+
+fn show_inflight(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["routes"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(id, c)| vec![id.clone(), s(&c["inflight"]), s(&c["queued"])])
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = columns(&["ROUTE", "INFLIGHT", "QUEUED"], &rows);
+    if !v["hold"].is_null() {
+        out.push_str(&format!(
+            "hold: {} for {} ms more\n",
+            list(&v["hold"]["routes"]),
+            s(&v["hold"]["remaining_ms"])
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_and_columns() {
+        let w = parse_weights(&["new=25".into(), "legacy=75%".into()]).unwrap();
+        assert_eq!(w["new"], 25.0);
+        assert_eq!(w["legacy"], 75.0);
+        assert!(parse_weights(&["new".into()]).is_err());
+        assert!(parse_weights(&["new=x".into()]).is_err());
+        assert!(parse_weights(&["a=1".into(), "a=2".into()]).is_err());
+        assert_eq!(
+            columns(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]),
+            "A    BB\nxyz  1\n"
+        );
+    }
+}
