@@ -142,6 +142,14 @@ async fn respond(session: &mut Session, status: u16, body: Bytes, keepalive: boo
     }
 }
 
+/// Answers 404 for a request no route matches (keeping the connection); `Ok(true)` = handled.
+async fn no_route(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    ctx.status = 404;
+    let body = json_error("no route matches this request", None);
+    respond(session, 404, body, true).await?;
+    Ok(true)
+}
+
 impl Proxy {
     /// Matches the request against `table`; fills the route and the order of preference.
     fn route_request(&self, session: &Session, ctx: &mut Ctx, table: Arc<RouteTable>) {
@@ -205,15 +213,7 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.route_request(session, ctx, self.store.load());
         let Some(ri) = ctx.route else {
-            ctx.status = 404;
-            respond(
-                session,
-                404,
-                json_error("no route matches this request", None),
-                true,
-            )
-            .await?;
-            return Ok(true);
+            return no_route(session, ctx).await;
         };
         let table = ctx.table()?.clone();
         let waited = HOLDS.wait(&table.routes[ri].id).await;
@@ -221,15 +221,7 @@ impl ProxyHttp for Proxy {
             // Held: proceed on the table that is current now, not the one we started with.
             self.route_request(session, ctx, self.store.load());
             if ctx.route.is_none() {
-                ctx.status = 404;
-                respond(
-                    session,
-                    404,
-                    json_error("no route matches this request", None),
-                    true,
-                )
-                .await?;
-                return Ok(true);
+                return no_route(session, ctx).await;
             }
         }
         let table = ctx.table()?;
