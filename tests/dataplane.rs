@@ -353,7 +353,17 @@ async fn access_log_and_metrics() {
             .await
             .unwrap();
     }
-    let m = get(&p.admin_url("/metrics")).await.body;
+    // Metrics are recorded in the logging phase, just after the response went out: wait for
+    // the last request's to land.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = get(&p.admin_url("/metrics")).await.body;
+        let none = "switchyard_requests_total{code=\"4xx\",route=\"none\",upstream=\"none\"}";
+        if metric(&m, none) >= 1.0 || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(
         metric(
             &m,

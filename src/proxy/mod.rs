@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -36,13 +36,21 @@ pub const SECRET_HEADER: &str = "x-switchyard-secret";
 
 static NO_ROUTE_STATS: LazyLock<PairStats> = LazyLock::new(|| METRICS.pair("none", "none"));
 
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static SECRET: HeaderName = HeaderName::from_static(SECRET_HEADER);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_SWITCHYARD_UPSTREAM: HeaderName = HeaderName::from_static(UPSTREAM_HEADER);
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 5] = [
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "proxy-authenticate",
+static HOP_BY_HOP: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// The proxy service.
@@ -134,6 +142,14 @@ async fn respond(session: &mut Session, status: u16, body: Bytes, keepalive: boo
     }
 }
 
+/// Answers 404 for a request no route matches (keeping the connection); `Ok(true)` = handled.
+async fn no_route(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    ctx.status = 404;
+    let body = json_error("no route matches this request", None);
+    respond(session, 404, body, true).await?;
+    Ok(true)
+}
+
 impl Proxy {
     /// Matches the request against `table`; fills the route and the order of preference.
     fn route_request(&self, session: &Session, ctx: &mut Ctx, table: Arc<RouteTable>) {
@@ -150,9 +166,14 @@ impl Proxy {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip());
             let steering = Steering {
-                override_name: table.proxy.override_header.as_deref().and_then(get),
-                override_secret: get(SECRET_HEADER),
-                cookies: get("cookie"),
+                override_name: table
+                    .proxy
+                    .override_header
+                    .as_ref()
+                    .and_then(|h| headers.get(h))
+                    .map(|v| v.as_bytes()),
+                override_secret: headers.get(&SECRET).map(|v| v.as_bytes()),
+                cookies: headers.get(header::COOKIE).map(|v| v.as_bytes()),
                 header: &get,
                 client_ip,
                 random_bucket: rand::random_range(0..crate::routing::split::BUCKETS),
@@ -192,15 +213,7 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.route_request(session, ctx, self.store.load());
         let Some(ri) = ctx.route else {
-            ctx.status = 404;
-            respond(
-                session,
-                404,
-                json_error("no route matches this request", None),
-                true,
-            )
-            .await?;
-            return Ok(true);
+            return no_route(session, ctx).await;
         };
         let table = ctx.table()?.clone();
         let waited = HOLDS.wait(&table.routes[ri].id).await;
@@ -208,15 +221,7 @@ impl ProxyHttp for Proxy {
             // Held: proceed on the table that is current now, not the one we started with.
             self.route_request(session, ctx, self.store.load());
             if ctx.route.is_none() {
-                ctx.status = 404;
-                respond(
-                    session,
-                    404,
-                    json_error("no route matches this request", None),
-                    true,
-                )
-                .await?;
-                return Ok(true);
+                return no_route(session, ctx).await;
             }
         }
         let table = ctx.table()?;
@@ -291,8 +296,16 @@ impl ProxyHttp for Proxy {
         ctx.pos = pos;
         ctx.upstream = Some(u);
         let up = &table.upstreams[u];
-        let addr = resolve::resolve(up.next_addr()).await?;
-        let mut peer = HttpPeer::new(addr, up.tls, up.sni.clone());
+        let addr = match up.next_addr() {
+            (_, Some(literal)) => literal,
+            (name, None) => resolve::resolve(name).await?,
+        };
+        let sni = if up.tls {
+            up.sni.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, up.tls, sni);
         let o = &mut peer.options;
         o.connection_timeout = Some(up.connect_timeout);
         o.total_connection_timeout = Some(up.connect_timeout);
@@ -314,7 +327,8 @@ impl ProxyHttp for Proxy {
         };
         ctx.body_bytes = 0;
         let up = &table.upstreams[u];
-        let client_host = request_host(session.req_header()).into_owned();
+        // The Host the client sent, before any rewrite: a reference-counted clone.
+        let client_host = session.req_header().headers.get(header::HOST).cloned();
         if let HostHeader::Fixed(h) = &up.host {
             req.insert_header(header::HOST, h.as_str())?;
         }
@@ -327,29 +341,18 @@ impl ProxyHttp for Proxy {
                 .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewriting path", e))?;
             req.set_uri(uri);
         }
-        strip_hop_by_hop_request(req);
-        req.remove_header(SECRET_HEADER);
-        if let Some(h) = &table.proxy.override_header {
-            req.remove_header(h.as_str());
-        }
+        strip_hop_by_hop_request(req, table.proxy.override_header.as_ref());
         if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let xff = match req
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-                _ => ip.to_string(),
-            };
-            req.insert_header("x-forwarded-for", xff)?;
+            let xff = forwarded_for(req.headers.get(&X_FORWARDED_FOR), ip)?;
+            req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
         }
-        req.insert_header("x-forwarded-proto", "http")?;
-        if !client_host.is_empty() {
-            req.insert_header("x-forwarded-host", client_host)?;
+        req.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+        if let Some(h) = client_host {
+            req.insert_header(X_FORWARDED_HOST.clone(), h)?;
         }
         Ok(())
     }
@@ -386,8 +389,8 @@ impl ProxyHttp for Proxy {
         }
         if status != 101 {
             resp.remove_header(&header::CONNECTION);
-            resp.remove_header("keep-alive");
-            resp.remove_header("proxy-connection");
+            resp.remove_header(&KEEP_ALIVE);
+            resp.remove_header(&PROXY_CONNECTION);
         }
         Ok(())
     }
@@ -400,7 +403,10 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) {
             if table.proxy.response_header {
-                resp.insert_header(UPSTREAM_HEADER, &*table.upstreams[u].name)?;
+                resp.insert_header(
+                    X_SWITCHYARD_UPSTREAM.clone(),
+                    table.upstreams[u].name_header.clone(),
+                )?;
             }
         }
         Ok(())
@@ -603,33 +609,56 @@ fn body_whole(session: &mut Session, ctx: &Ctx, limit: usize) -> bool {
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names, keeping a
-/// WebSocket-style upgrade intact.
-fn strip_hop_by_hop_request(req: &mut RequestHeader) {
-    let conn: Vec<String> = req
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    let upgrade = conn.iter().any(|t| t == "upgrade") && req.headers.contains_key(header::UPGRADE);
-    for name in &conn {
-        if name == "upgrade" || name == "close" {
-            continue;
-        }
-        if let Ok(h) = HeaderName::from_bytes(name.as_bytes()) {
-            if h != header::CONTENT_LENGTH && h != header::TRANSFER_ENCODING && h != header::HOST {
-                req.remove_header(&h);
+/// WebSocket-style upgrade intact; also the override and secret headers, which are for
+/// switchyard only. Looks at each header once and removes only what is there.
+fn strip_hop_by_hop_request(req: &mut RequestHeader, override_header: Option<&HeaderName>) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut upgrade = false;
+    for v in req.headers.get_all(header::CONNECTION) {
+        for t in v.to_str().unwrap_or("").split(',') {
+            let t = t.trim();
+            if t.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            } else if !t.is_empty() && !t.eq_ignore_ascii_case("close") {
+                if let Ok(h) = HeaderName::from_bytes(t.as_bytes()) {
+                    if h != header::CONTENT_LENGTH
+                        && h != header::TRANSFER_ENCODING
+                        && h != header::HOST
+                    {
+                        named.push(h);
+                    }
+                }
             }
         }
     }
-    for h in HOP_BY_HOP {
+    let upgrade = upgrade && req.headers.contains_key(header::UPGRADE);
+    let doomed: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| {
+            named.contains(*k)
+                || HOP_BY_HOP.contains(*k)
+                || **k == SECRET
+                || Some(*k) == override_header
+                || (!upgrade && (*k == header::CONNECTION || *k == header::UPGRADE))
+        })
+        .cloned()
+        .collect();
+    for h in &doomed {
         req.remove_header(h);
     }
-    if !upgrade {
-        req.remove_header(&header::CONNECTION);
-        req.remove_header(&header::UPGRADE);
+}
+
+/// `X-Forwarded-For` with the client appended, formatted without intermediate strings.
+fn forwarded_for(prev: Option<&HeaderValue>, ip: std::net::IpAddr) -> Result<HeaderValue> {
+    use std::io::Write;
+    let prev = prev.map(HeaderValue::as_bytes).filter(|p| !p.is_empty());
+    let mut buf = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = prev {
+        buf.extend_from_slice(p);
+        buf.extend_from_slice(b", ");
     }
+    let _ = write!(buf, "{ip}");
+    HeaderValue::from_bytes(&buf)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))
 }

@@ -135,15 +135,16 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
         if let Some(h) = &p.override_header {
             if h.is_empty() {
                 proxy.override_header = None;
-            } else if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                d.err(
-                    file,
-                    "[proxy]",
-                    "override_header",
-                    format!("{h:?} is not a valid header name"),
-                );
             } else {
-                proxy.override_header = Some(h.to_ascii_lowercase());
+                match http::HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(name) => proxy.override_header = Some(name),
+                    Err(_) => d.err(
+                        file,
+                        "[proxy]",
+                        "override_header",
+                        format!("{h:?} is not a valid header name"),
+                    ),
+                }
             }
         }
         if let Some(var) = &p.override_secret_env {

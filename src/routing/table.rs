@@ -49,7 +49,7 @@ pub struct RouteTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxySettings {
     /// Lowercase request header naming a forced upstream; `None` = overrides disabled.
-    pub override_header: Option<String>,
+    pub override_header: Option<http::HeaderName>,
     /// Secret the request must also carry in `x-switchyard-secret`; `None` = not required.
     pub override_secret: Option<String>,
     /// Add `x-switchyard-upstream` to responses.
@@ -59,7 +59,7 @@ pub struct ProxySettings {
 impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
-            override_header: Some("x-switchyard-upstream".into()),
+            override_header: Some(http::HeaderName::from_static("x-switchyard-upstream")),
             override_secret: None,
             response_header: true,
         }
@@ -120,6 +120,10 @@ pub struct Upstream {
     pub outlier: crate::config::OutlierFile,
     /// Health shared with every table that has an upstream of this name.
     pub state: Arc<UpstreamState>,
+    /// `x-switchyard-upstream` value, built once.
+    pub name_header: http::HeaderValue,
+    /// Parallel to `addrs`: the parsed address of each IP literal.
+    literal_addrs: Vec<Option<std::net::SocketAddr>>,
     rr: AtomicUsize,
 }
 
@@ -139,6 +143,7 @@ impl Upstream {
         health: Option<crate::config::HealthFile>,
         outlier: crate::config::OutlierFile,
     ) -> Upstream {
+        let literal_addrs = addrs.iter().map(|a| a.parse().ok()).collect();
         Upstream {
             name: name.into(),
             addrs,
@@ -152,15 +157,19 @@ impl Upstream {
             read_timeout,
             health,
             outlier,
+            literal_addrs,
             state: crate::health::state(name),
+            name_header: http::HeaderValue::from_str(name)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
             rr: AtomicUsize::new(0),
         }
     }
 
-    /// The next address, round robin.
-    pub fn next_addr(&self) -> &str {
-        let i = self.rr.fetch_add(1, Ordering::Relaxed);
-        &self.addrs[i % self.addrs.len()]
+    /// The next address, round robin, and its socket address when it is an IP literal
+    /// (parsed once at compile time, so the request path skips parsing and lookup).
+    pub fn next_addr(&self) -> (&str, Option<std::net::SocketAddr>) {
+        let i = self.rr.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
+        (&self.addrs[i], self.literal_addrs[i])
     }
 }
 

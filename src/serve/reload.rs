@@ -36,15 +36,18 @@ pub async fn watch(ledger: Arc<Ledger>) {
     // `true` = SIGHUP, `false` = a change in the directory.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(16);
     let watch_tx = tx.clone();
-    // The history database may live next to the route files: its writes are not changes.
+    // Only route files count: the history database, editors' temporary files and anything
+    // else in the directory are not changes (a `ca_file` edit needs SIGHUP).
+    let single = (!path.is_dir())
+        .then(|| path.file_name().map(|n| n.to_os_string()))
+        .flatten();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            let ours = !ev.paths.is_empty()
-                && ev.paths.iter().all(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n == crate::admin::history::DB_FILE)
-                });
-            if !ev.kind.is_access() && !ours {
+            let route_file = ev.paths.iter().any(|p| match &single {
+                Some(name) => p.file_name() == Some(name.as_os_str()),
+                None => p.extension().is_some_and(|e| e == "toml"),
+            });
+            if !ev.kind.is_access() && route_file {
                 let _ = watch_tx.try_send(false);
             }
         }
