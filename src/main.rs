@@ -4,9 +4,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Edge proxy and control plane for moving live traffic between infrastructures.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about)]
