@@ -436,6 +436,132 @@ async fn sighup_reloads_and_keeps_serving() {
     assert_eq!(get(&p.url("/x")).await.origin(), "legacy");
 }
 
+/// Reads one response with a `Content-Length` body from a raw connection; `None` when the
+/// proxy closed the connection first.
+async fn read_response(c: &mut tokio::net::TcpStream) -> Option<(u16, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match c.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + len {
+        let n = c.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed inside a body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some((status, buf[head_end..head_end + len].to_vec()))
+}
+
+/// True when the proxy closes `c` within `within` (EOF or reset), false if it stays open.
+async fn closed_within(c: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, c.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Client keep-alive connections: a request arriving in pieces, headers larger than the
+/// connection's read buffer, reuse after an idle pause, closing after `--idle-timeout`, and
+/// idle connections closed at once when a graceful stop begins (not after the grace period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_idle_timeout_and_graceful_stop() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let o = Origin::start("legacy").await;
+    let dir = routes_dir(&format!(
+        "{}[[routes]]\nid = \"r\"\npath = \"*\"\nto = \"legacy\"\n",
+        upstream("legacy", &o)
+    ));
+    let p = Proxy::start_with(dir.path(), &["--idle-timeout", "1"]).await;
+
+    let mut c = TcpStream::connect(p.addr).await.unwrap();
+    for piece in ["GET /pieces HT", "TP/1.1\r\nHost: a.test\r\n", "\r\n"] {
+        c.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let (status, _) = read_response(&mut c)
+        .await
+        .expect("response to a request sent in pieces");
+    assert_eq!(status, 200);
+
+    // Headers of 6 KB: several reads of the 1 KiB connection buffer.
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
+        "v".repeat(6000)
+    );
+    c.write_all(big.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut c).await.unwrap().0, 200);
+
+    // Idle for less than the timeout: the connection is reused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.write_all(b"GET /again HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut c).await.unwrap().0, 200);
+    assert_eq!(
+        o.state.count("GET"),
+        3,
+        "all three requests reached the origin"
+    );
+
+    // Idle past the timeout: closed by the proxy.
+    let idle_since = Instant::now();
+    assert!(
+        closed_within(&mut c, Duration::from_secs(3)).await,
+        "an idle connection outlived --idle-timeout 1"
+    );
+    let idled = idle_since.elapsed();
+    assert!(
+        idled >= Duration::from_millis(900),
+        "closed too early: {idled:?}"
+    );
+
+    // Graceful stop (default 60 s idle timeout): idle connections close right away.
+    let mut p2 = Proxy::start(dir.path()).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(p2.addr).await.unwrap();
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut c).await.unwrap().0, 200);
+        idle.push(c);
+    }
+    let pid = p2.child.id().to_string();
+    let stop = std::thread::spawn(move || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+    });
+    let t = Instant::now();
+    for c in &mut idle {
+        assert!(
+            closed_within(c, Duration::from_millis(700)).await,
+            "an idle connection stayed open {:?} into a graceful stop (grace period is 1 s)",
+            t.elapsed()
+        );
+    }
+    assert!(stop.join().unwrap().success());
+    let _ = p2.child.wait();
+    drop(p);
+}
+
 /// Every example in `routes/` compiles without errors (golden test; CI also runs `check`).
 #[test]
 fn example_route_files_compile() {

@@ -61,6 +61,8 @@ pub fn run() -> anyhow::Result<()> {
         admin: "127.0.0.1:9090".parse().expect("literal"),
         access_log: "off".into(),
         threads: None,
+        work_stealing: false,
+        idle_timeout: 60,
         state: None,
         admin_token_file: None,
         force_files: false,

@@ -1,6 +1,7 @@
 //! `switchyard serve`: wires the route store, the file watcher, the admin listener and the
 //! pingora proxy service together.
 
+pub mod conn;
 pub mod demo;
 pub mod origin;
 pub mod reload;
@@ -44,9 +45,19 @@ pub struct ServeArgs {
     /// Access log target: `-` (stdout), a file path, or `off`.
     #[arg(long, default_value = "-")]
     pub access_log: String,
-    /// Worker threads for the data plane (default: the number of cores).
+    /// Worker threads for the data plane (default: the CPUs this process may run on, which
+    /// follows `taskset`/cpusets and cgroup CPU limits).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Let idle data-plane threads steal work from busy ones (one shared scheduler). The
+    /// default is one independent scheduler per thread, with connections spread over them:
+    /// fewer cross-thread wake-ups per request (see bench/RESULTS.md).
+    #[arg(long)]
+    pub work_stealing: bool,
+    /// Seconds a client keep-alive connection may stay idle between requests before it is
+    /// closed. Idle connections are also closed as soon as a graceful stop begins.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout: u64,
 }
 
 /// Runs the proxy until the process is told to stop. Refuses to start when the route files do
@@ -130,24 +141,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let conf = ServerConf {
         threads,
         upstream_keepalive_pool_size: 4096,
+        work_stealing: args.work_stealing,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut svc = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy { store, access_log },
-        "switchyard",
+    let proxy = pingora::proxy::http_proxy(&server.configuration, Proxy { store, access_log });
+    let mut svc = pingora::services::listening::Service::new(
+        "switchyard".to_string(),
+        conn::Connections::new(proxy, std::time::Duration::from_secs(args.idle_timeout)),
     );
-    // A 4 KiB read buffer per client connection instead of pingora's 64 KiB default: idle
-    // keep-alive connections cost a fraction of the memory, and requests are read the same.
+    // A small read buffer per client connection instead of pingora's 64 KiB: a request's
+    // first read still takes it whole, and an idle keep-alive connection holds 1 KiB.
     svc.add_listener(
         pingora::listeners::ListenerConfig::tcp(&args.listen)
-            .l4_buffer(pingora::listeners::L4BufferSettings::default().read(4096)),
+            .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
     );
     server.add_service(svc);
-    tracing::info!(listen = %args.listen, admin = %args.admin, threads, version = ledger.store().version(), "switchyard serving");
+    tracing::info!(listen = %args.listen, admin = %args.admin, threads, work_stealing = args.work_stealing, version = ledger.store().version(), "switchyard serving");
     server.run_forever()
 }
