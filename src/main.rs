@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc instead of the system allocator: fewer instructions per proxied request (the
+/// request path allocates about 95 times, mostly inside pingora); see bench/RESULTS.md.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Edge proxy and control plane for moving live traffic between infrastructures.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about)]

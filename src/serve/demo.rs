@@ -61,7 +61,7 @@ pub fn run() -> anyhow::Result<()> {
         admin: "127.0.0.1:9090".parse().expect("literal"),
         access_log: "off".into(),
         threads: None,
-        work_stealing: false,
+        scheduler: super::Scheduler::Auto,
         idle_timeout: 60,
         state: None,
         admin_token_file: None,

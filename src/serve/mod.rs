@@ -49,15 +49,38 @@ pub struct ServeArgs {
     /// follows `taskset`/cpusets and cgroup CPU limits).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Let idle data-plane threads steal work from busy ones (one shared scheduler). The
-    /// default is one independent scheduler per thread, with connections spread over them:
-    /// fewer cross-thread wake-ups per request (see bench/RESULTS.md).
-    #[arg(long)]
-    pub work_stealing: bool,
+    /// How data-plane threads share work: `work-stealing` (one scheduler; idle threads take
+    /// tasks from busy ones), `per-thread` (an independent scheduler per thread, connections
+    /// spread over them at random), or `auto`: per-thread with one thread, work-stealing with
+    /// more (measured in bench/RESULTS.md).
+    #[arg(long, value_enum, default_value_t = Scheduler::Auto)]
+    pub scheduler: Scheduler,
     /// Seconds a client keep-alive connection may stay idle between requests before it is
     /// closed. Idle connections are also closed as soon as a graceful stop begins.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout: u64,
+}
+
+/// Scheduler layout of the data-plane threads (`serve --scheduler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheduler {
+    Auto,
+    WorkStealing,
+    PerThread,
+}
+
+impl Scheduler {
+    /// Whether pingora's work-stealing runtime is used for `threads` threads. pingora's
+    /// per-thread runtimes spawn the upstream pool's idle watcher of every request on a
+    /// random thread, which costs a cross-thread wake-up per request with two or more; with
+    /// one thread the per-thread runtime is tokio's lighter single-threaded scheduler.
+    pub fn work_stealing(self, threads: usize) -> bool {
+        match self {
+            Scheduler::Auto => threads > 1,
+            Scheduler::WorkStealing => true,
+            Scheduler::PerThread => false,
+        }
+    }
 }
 
 /// Runs the proxy until the process is told to stop. Refuses to start when the route files do
@@ -141,7 +164,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let conf = ServerConf {
         threads,
         upstream_keepalive_pool_size: 4096,
-        work_stealing: args.work_stealing,
+        work_stealing: args.scheduler.work_stealing(threads),
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
@@ -160,6 +183,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
     );
     server.add_service(svc);
-    tracing::info!(listen = %args.listen, admin = %args.admin, threads, work_stealing = args.work_stealing, version = ledger.store().version(), "switchyard serving");
+    tracing::info!(listen = %args.listen, admin = %args.admin, threads, work_stealing = args.scheduler.work_stealing(threads), version = ledger.store().version(), "switchyard serving");
     server.run_forever()
 }
