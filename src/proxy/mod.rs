@@ -40,9 +40,12 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static SECRET: HeaderName = HeaderName::from_static(SECRET_HEADER);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_SWITCHYARD_UPSTREAM: HeaderName = HeaderName::from_static(UPSTREAM_HEADER);
+// Headers switchyard adds are inserted by `&'static str` name: pingora keeps the wire spelling
+// of every header in a second map, and given a `HeaderName` outside its titled list it copies
+// the name into a new buffer first (one allocation per added header per request).
+const X_FORWARDED_FOR_STR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO_STR: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST_STR: &str = "x-forwarded-host";
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 5] = [
@@ -348,11 +351,11 @@ impl ProxyHttp for Proxy {
             .map(|a| a.ip())
         {
             let xff = forwarded_for(req.headers.get(&X_FORWARDED_FOR), ip)?;
-            req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+            req.insert_header(X_FORWARDED_FOR_STR, xff)?;
         }
-        req.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+        req.insert_header(X_FORWARDED_PROTO_STR, HeaderValue::from_static("http"))?;
         if let Some(h) = client_host {
-            req.insert_header(X_FORWARDED_HOST.clone(), h)?;
+            req.insert_header(X_FORWARDED_HOST_STR, h)?;
         }
         Ok(())
     }
@@ -403,10 +406,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) {
             if table.proxy.response_header {
-                resp.insert_header(
-                    X_SWITCHYARD_UPSTREAM.clone(),
-                    table.upstreams[u].name_header.clone(),
-                )?;
+                resp.insert_header(UPSTREAM_HEADER, table.upstreams[u].name_header.clone())?;
             }
         }
         Ok(())
