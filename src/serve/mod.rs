@@ -176,8 +176,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         "switchyard".to_string(),
         conn::Connections::new(proxy, std::time::Duration::from_secs(args.idle_timeout)),
     );
-    // A small read buffer per client connection instead of pingora's 64 KiB: a request's
-    // first read still takes it whole, and an idle keep-alive connection holds 1 KiB.
+    // A small read buffer per client connection instead of pingora's 64 KiB: a typical
+    // request still arrives in one read, and an idle keep-alive connection holds 1 KiB.
     svc.add_listener(
         pingora::listeners::ListenerConfig::tcp(&args.listen)
             .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
