@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// jemalloc instead of the system allocator: fewer instructions per proxied request (the
-/// request path allocates about 95 times, mostly inside pingora); see bench/RESULTS.md.
+/// request path allocates about 100 times, mostly inside pingora); see bench/RESULTS.md.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

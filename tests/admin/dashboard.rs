@@ -119,22 +119,30 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{method} {path} {body}: {e}"))
     }
 
+    /// The element matching `css`, if the page has one now.
+    async fn try_find(&self, css: &str) -> Option<String> {
+        let v = self
+            .cmd(
+                "POST",
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await
+            .ok()?;
+        Some(
+            v[ELEMENT]
+                .as_str()
+                .unwrap_or_else(|| panic!("find {css:?}: {v}"))
+                .to_string(),
+        )
+    }
+
     /// Waits up to `secs` for an element matching `css`.
     async fn find(&self, css: &str, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            if let Ok(v) = self
-                .cmd(
-                    "POST",
-                    "/element",
-                    json!({"using": "css selector", "value": css}),
-                )
-                .await
-            {
-                return v[ELEMENT]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("find {css:?}: {v}"))
-                    .to_string();
+            if let Some(e) = self.try_find(css).await {
+                return e;
             }
             assert!(Instant::now() < deadline, "no element {css:?} on the page");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -169,15 +177,7 @@ impl Browser {
     ) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            if let Ok(v) = self
-                .cmd(
-                    "POST",
-                    "/element",
-                    json!({"using": "css selector", "value": css}),
-                )
-                .await
-            {
-                let e = v[ELEMENT].as_str().unwrap().to_string();
+            if let Some(e) = self.try_find(css).await {
                 if let Ok(t) = self
                     .cmd("GET", &format!("/element/{e}/text"), json!({}))
                     .await
