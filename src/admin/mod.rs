@@ -5,11 +5,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod dashboard;
 pub mod history;
 pub mod ledger;
 pub mod server;
 pub mod summary;
+pub mod types;
 
 pub use auth::Tokens;
 pub use history::History;

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// `switchyard_access_log_dropped_total`: lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// `switchyard_rejected_total{reason}`: requests answered by switchyard itself before any
+    /// upstream saw them (`hold_queue_full`, `hold_expired`).
+    pub rejected: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -113,8 +116,17 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind.",
         )
         .expect("static metric definition");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "switchyard_rejected_total",
+                "Requests answered by switchyard itself before reaching an upstream, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rejected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(table_version.clone()),
             Box::new(reloads.clone()),
@@ -135,6 +147,7 @@ impl Metrics {
             ejections,
             fallbacks,
             access_log_dropped,
+            rejected,
         }
     }
 
