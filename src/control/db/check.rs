@@ -104,8 +104,10 @@ pub async fn run(
     target: &mut Server,
     t: &Thresholds,
 ) -> Result<Report, DbError> {
-    let s = source.status().await?;
+    // The replica first: the source, read after it, has executed at least everything the
+    // replica had applied, so a write in between is not mistaken for an errant transaction.
     let d = target.status().await?;
+    let s = source.status().await?;
     let mut out = Vec::new();
 
     // Flavor.

@@ -30,6 +30,8 @@ use crate::control::Output;
 /// budget still releases a hold in force; a cutover that dies leaves a hold whose deadline
 /// passes and then refuses requests (503) until `--resume` releases it.
 pub const HOLD_GRACE_MS: u64 = 5_000;
+/// Keeps this session's statements out of the binlog (account locks and unlocks).
+const NO_BINLOG: &str = "SET SESSION sql_log_bin = 0";
 /// The actor the cutover's admin calls are recorded under (next to the token's name).
 pub const ACTOR: &str = "db-cutover";
 
@@ -742,6 +744,11 @@ impl Run {
             .bypass_grantees(&own)
             .await
             .map_err(|e| e.to_string())?;
+        if !bypass.is_empty() {
+            // Account locks are this server's business: never binlogged, or the replica (and,
+            // for the unlock after promotion, the new primary) would get GTIDs it must not.
+            self.from.exec(NO_BINLOG).await.map_err(|e| e.to_string())?;
+        }
         let mut killed = 0;
         for (grantee, user) in &bypass {
             self.journal.locked_accounts.push(grantee.clone());
@@ -978,10 +985,14 @@ impl Run {
     async fn unlock_accounts(&mut self) {
         for g in std::mem::take(&mut self.journal.locked_accounts) {
             let t0 = Instant::now();
-            let r = self
-                .from
-                .exec(&format!("ALTER USER {g} ACCOUNT UNLOCK"))
-                .await;
+            let r = match self.from.exec(NO_BINLOG).await {
+                Ok(()) => {
+                    self.from
+                        .exec(&format!("ALTER USER {g} ACCOUNT UNLOCK"))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             self.printer.emit(&Event {
                 step: "unlock_account",
                 outcome: if r.is_ok() { "ok" } else { "failed" },
