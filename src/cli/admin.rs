@@ -389,8 +389,9 @@ fn execute(cmd: &AdminCommand) -> Result<String, CliError> {
                 as_json(&r)
             } else {
                 format!(
-                    "holding {} (switchyard release to end it)\n{}",
+                    "holding {} for at most {} ms (switchyard release to end it)\n{}",
                     r.held.iter().cloned().collect::<Vec<_>>().join(" "),
+                    r.max_ms,
                     hold_line(&r.hold)
                 )
             })
