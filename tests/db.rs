@@ -445,6 +445,16 @@ async fn lagging_target_is_refused_and_a_long_write_aborts_the_fence() {
     let ids = st.s.ids().await;
     assert!(ids.contains(&-1));
     assert_exactly_once(&acked, &ids);
+    // A target that is not a replica at all: one line naming it, exit 2, nothing changed.
+    st.t.exec("STOP SLAVE").await;
+    st.t.exec("RESET SLAVE ALL").await;
+    let o = st.cutover("cutover", "app_t", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{}", text(&o));
+    assert!(err.contains("not a replica of source"), "{}", text(&o));
+    assert!(!st.s.read_only().await && st.t.read_only().await);
+    assert!(!st.hold_in_force().await);
     // The journal says it ended.
     let o = run(&[
         "db",

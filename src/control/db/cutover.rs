@@ -369,6 +369,20 @@ impl Run {
         let mut th = thresholds(&self.args.check, &self.from_ep, &self.to_ep);
         th.max_lag_ms = None;
         let report = check::run(&mut self.from, &mut self.to, &th).await?;
+        if report.target.replica.is_none() {
+            // Not a refusal by a check but a command that cannot run: nothing to switch to.
+            let msg = format!(
+                "{}: not a replica of {}: run `switchyard db replicate` first; nothing changed",
+                self.to_ep, self.from_ep
+            );
+            if !self.args.dry_run {
+                self.journal.end("failed");
+                self.journal.phase = Phase::Aborted;
+                self.journal.abort_reason = Some(msg.clone());
+                self.journal.save(&self.dir)?;
+            }
+            return Err(DbError::Usage(msg));
+        }
         let failed = report.failed();
         if !failed.is_empty() {
             let why: Vec<String> = failed
@@ -385,7 +399,7 @@ impl Run {
                 why.join("; ")
             );
             if !self.args.dry_run {
-                self.journal.end("failed", &self.dir)?;
+                self.journal.end("failed");
                 self.journal.phase = Phase::Aborted;
                 self.journal.abort_reason = Some(msg.clone());
                 self.journal.save(&self.dir)?;
@@ -411,13 +425,13 @@ impl Run {
         if self.args.dry_run {
             return Ok(self.dry_run_plan());
         }
-        self.journal.end("ok", &self.dir)?;
+        self.journal.end("ok");
 
         // Catch up before holding anything: the pause then only covers the last few writes.
         let t0 = self.begin(Step::CatchUp).await?;
         match self.catch_up().await {
             Ok(d) => {
-                self.journal.end("ok", &self.dir)?;
+                self.journal.end("ok");
                 self.event(Step::CatchUp, "ok", t0, d);
             }
             Err(why) => {
@@ -447,7 +461,7 @@ impl Run {
             self.event(Step::Hold, "failed", t0, why.clone());
             return self.abort(Step::Hold, why).await;
         }
-        self.journal.end("ok", &self.dir)?;
+        self.journal.end("ok");
         self.event(
             Step::Hold,
             "ok",
@@ -470,7 +484,7 @@ impl Run {
             };
             match r {
                 Ok(d) => {
-                    self.journal.end("ok", &self.dir)?;
+                    self.journal.end("ok");
                     self.event(step, "ok", t0, d);
                 }
                 Err(why) => {
@@ -500,7 +514,7 @@ impl Run {
     async fn forward(&mut self) -> Result<Report, DbError> {
         let t0 = self.begin(Step::Promote).await?;
         let d = self.promote().await?;
-        self.journal.end("ok", &self.dir)?;
+        self.journal.end("ok");
         self.event(Step::Promote, "ok", t0, d);
 
         let mut reverse_error = None;
@@ -508,13 +522,13 @@ impl Run {
             let t0 = self.begin(Step::Reverse).await?;
             match self.reverse().await {
                 Ok(d) => {
-                    self.journal.end("ok", &self.dir)?;
+                    self.journal.end("ok");
                     self.event(Step::Reverse, "ok", t0, d);
                 }
                 Err(e) => {
                     // The old primary stays read-only: nothing is writable twice. The switch
                     // goes on; the operator fixes replication afterwards.
-                    self.journal.end("failed", &self.dir)?;
+                    self.journal.end("failed");
                     self.event(Step::Reverse, "failed", t0, e.to_string());
                     reverse_error = Some(e.to_string());
                 }
@@ -530,7 +544,7 @@ impl Run {
                 self.journal.direction
             ))
         })?;
-        self.journal.end("ok", &self.dir)?;
+        self.journal.end("ok");
         self.event(Step::Switch, "ok", t0, d);
 
         let t0 = self.begin(Step::Release).await?;
@@ -541,7 +555,7 @@ impl Run {
             ))
         })?;
         let pause = self.pause_ms();
-        self.journal.end("ok", &self.dir)?;
+        self.journal.end("ok");
         self.event(Step::Release, "ok", t0, "released".into());
         self.unlock_accounts().await;
 
@@ -744,24 +758,27 @@ impl Run {
             .bypass_grantees(&own)
             .await
             .map_err(|e| e.to_string())?;
+        let mut killed = 0;
         if !bypass.is_empty() {
             // Account locks are this server's business: never binlogged, or the replica (and,
             // for the unlock after promotion, the new primary) would get GTIDs it must not.
             self.from.exec(NO_BINLOG).await.map_err(|e| e.to_string())?;
-        }
-        let mut killed = 0;
-        for (grantee, user) in &bypass {
-            self.journal.locked_accounts.push(grantee.clone());
+            // Journaled before they are locked, so an abort or a resume unlocks them.
+            self.journal
+                .locked_accounts
+                .extend(bypass.iter().map(|(g, _)| g.clone()));
             self.journal.save(&self.dir).map_err(|e| e.to_string())?;
+            let grantees: Vec<&str> = bypass.iter().map(|(g, _)| g.as_str()).collect();
             self.from
-                .exec(&format!("ALTER USER {grantee} ACCOUNT LOCK"))
+                .exec(&format!("ALTER USER {} ACCOUNT LOCK", grantees.join(", ")))
                 .await
                 .map_err(|e| e.to_string())?;
+            let users: Vec<String> = bypass.iter().map(|(_, u)| quote(u)).collect();
             let ids: Vec<u64> = self
                 .from
                 .rows(&format!(
-                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {}",
-                    quote(user)
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN ({})",
+                    users.join(", ")
                 ))
                 .await
                 .map_err(|e| e.to_string())?
@@ -859,8 +876,8 @@ impl Run {
             .gtid(f.written())
             .await
             .map_err(|e| e.to_string())?;
+        // Saved with the next durable step (promote), before anything depends on it.
         self.journal.final_gtid = Some(pos.clone());
-        self.journal.save(&self.dir).map_err(|e| e.to_string())?;
         Ok(if pos.is_empty() {
             "the source never wrote a transaction".into()
         } else {
@@ -941,7 +958,7 @@ impl Run {
             Some(a) => parse_address(a)?,
             None => (self.to_ep.host.clone(), self.to_ep.port),
         };
-        let to_id = self.to.status().await?.server_id;
+        let to_id: u64 = self.to.one("SELECT @@GLOBAL.server_id").await?.unwrap_or(0);
         if let Some(r) = self.from.replica().await? {
             if r.source_server_id == Some(to_id) && r.running() {
                 return Ok("already replicating".into());

@@ -62,6 +62,22 @@ impl Step {
         }
     }
 
+    /// Steps whose start must be on disk before they run, because they change something
+    /// outside (or, for `preflight`, create the journal). The others (waits and reads) are
+    /// recorded with the next durable write, which keeps fsyncs out of the pause.
+    pub fn changes_state(self) -> bool {
+        matches!(
+            self,
+            Step::Preflight
+                | Step::Hold
+                | Step::Fence
+                | Step::Promote
+                | Step::Reverse
+                | Step::Switch
+                | Step::Release
+        )
+    }
+
     /// True from the point of no return on.
     pub fn forward_only(self) -> bool {
         self >= Step::Promote
@@ -239,7 +255,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Records that `step` starts now, and saves.
+    /// Records that `step` starts now; saves durably when the step changes something
+    /// ([`Step::changes_state`]).
     pub fn begin(&mut self, step: Step, dir: &Path) -> Result<(), DbError> {
         self.steps.push(StepRecord {
             step,
@@ -247,16 +264,20 @@ impl Journal {
             finished: None,
             outcome: None,
         });
-        self.save(dir)
+        if step.changes_state() {
+            self.save(dir)
+        } else {
+            Ok(())
+        }
     }
 
-    /// Records the end of the last started step, and saves.
-    pub fn end(&mut self, outcome: &str, dir: &Path) -> Result<(), DbError> {
+    /// Records the end of the last started step (on disk with the next save: a crash before it
+    /// leaves the step "started", and every step is idempotent).
+    pub fn end(&mut self, outcome: &str) {
         if let Some(s) = self.steps.last_mut() {
             s.finished = Some(now());
             s.outcome = Some(outcome.to_string());
         }
-        self.save(dir)
     }
 }
 
@@ -320,7 +341,7 @@ mod tests {
         assert!(Journal::load(dir.path()).unwrap().is_none());
         let mut j = sample();
         j.begin(Step::Preflight, dir.path()).unwrap();
-        j.end("ok", dir.path()).unwrap();
+        j.end("ok");
         j.begin(Step::Fence, dir.path()).unwrap();
         let back = Journal::load(dir.path()).unwrap().unwrap();
         assert_eq!(back, j);
