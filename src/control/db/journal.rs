@@ -26,9 +26,9 @@ pub enum Step {
     FinalPosition,
     WaitTarget,
     Promote,
-    Reverse,
     Switch,
     Release,
+    Reverse,
 }
 
 impl Step {
@@ -41,9 +41,9 @@ impl Step {
         Step::FinalPosition,
         Step::WaitTarget,
         Step::Promote,
-        Step::Reverse,
         Step::Switch,
         Step::Release,
+        Step::Reverse,
     ];
 
     pub fn name(self) -> &'static str {
