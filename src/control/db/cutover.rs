@@ -945,22 +945,31 @@ impl Run {
     async fn promote(&mut self) -> Result<String, DbError> {
         let f = self.to.flavor;
         let rds = self.to.rds;
-        if self.to.replica().await?.is_some() {
-            self.to.exec(f.stop_replica(rds)).await?;
-            self.to.exec(f.reset_replica(rds)).await?;
+        let mut ran = Vec::new();
+        // A fresh run knows the target is a replica (the preflight said so); a resumed one
+        // looks, since a killed run may have stopped and reset it already.
+        if !self.resumed || self.to.replica().await?.is_some() {
+            for sql in [f.stop_replica(rds), f.reset_replica(rds)] {
+                let t0 = Instant::now();
+                self.to.exec(sql).await?;
+                ran.push(format!(
+                    "{sql} ({:.1} ms)",
+                    t0.elapsed().as_secs_f64() * 1000.0
+                ));
+            }
         }
         for sql in f.unfence() {
+            let t0 = Instant::now();
             self.to.exec(sql).await?;
-        }
-        if self.to.fenced().await? {
-            return Err(DbError::Usage(format!(
-                "{} is still read-only after promotion",
-                self.to_ep.address()
-            )));
+            ran.push(format!(
+                "{sql} ({:.1} ms)",
+                t0.elapsed().as_secs_f64() * 1000.0
+            ));
         }
         Ok(format!(
-            "{} is writable, replication stopped",
-            self.to_ep.address()
+            "{} is writable, replication stopped: {}",
+            self.to_ep.address(),
+            ran.join("; ")
         ))
     }
 
