@@ -229,15 +229,31 @@ async fn get(
     }
 }
 
+/// The error's kind and its root cause (`ConnectRefused (Connection refused (os error 111))`),
+/// without pingora's repeated context.
 fn describe(e: &pingora::Error) -> String {
-    let mut s = e.etype().as_str().to_string();
-    if let Some(c) = &e.context {
-        s.push_str(&format!(": {}", c.as_str()));
+    let mut cause = e.cause.as_deref();
+    let mut root = None;
+    while let Some(c) = cause {
+        match c.downcast_ref::<pingora::Error>() {
+            Some(inner) => {
+                root = inner
+                    .context
+                    .as_ref()
+                    .map(|x| x.as_str().to_string())
+                    .or(root);
+                cause = inner.cause.as_deref();
+            }
+            None => {
+                root = Some(c.to_string());
+                break;
+            }
+        }
     }
-    if let Some(cause) = &e.cause {
-        s.push_str(&format!(" ({cause})"));
+    match root {
+        Some(r) => aws::one_line(&format!("{} ({r})", e.etype().as_str())),
+        None => e.etype().as_str().to_string(),
     }
-    aws::one_line(&s)
 }
 
 #[cfg(test)]

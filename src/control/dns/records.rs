@@ -1207,12 +1207,14 @@ pub async fn failover(client: &Client, a: &FailoverArgs) -> Result<Outcome> {
             }
         },
         FailoverTo::Set(id) if *id == p_id || *id == s_id => id.clone(),
-        FailoverTo::Set(id) => return Err(DnsError::Refused {
-            name,
-            msg: format!(
+        FailoverTo::Set(id) => {
+            return Err(DnsError::Refused {
+                name,
+                msg: format!(
                 "no failover record with set identifier {id:?} (primary {p_id}, secondary {s_id})"
             ),
-        }),
+            })
+        }
     };
     let mut before_rows = rows(&[primary.clone(), secondary.clone()]);
     for r in before_rows.iter_mut() {
