@@ -235,7 +235,10 @@ fn describe(e: &pingora::Error) -> String {
     let mut cause = e.cause.as_deref();
     let mut root = None;
     while let Some(c) = cause {
-        match c.downcast_ref::<pingora::Error>() {
+        let inner = c
+            .downcast_ref::<pingora::Error>()
+            .or_else(|| c.downcast_ref::<Box<pingora::Error>>().map(|b| &**b));
+        match inner {
             Some(inner) => {
                 root = inner
                     .context

@@ -150,7 +150,7 @@ pub enum Command {
         /// Set identifier of the record with the new target (weight 0).
         #[arg(long, default_value = "new", value_name = "ID")]
         new_id: String,
-        /// TTL of the new record when the old one is an alias (otherwise the old one's TTL).
+        /// TTL of the new record. Default: the old record's, or 60 when the old one is an alias.
         #[arg(long, value_name = "SECONDS")]
         ttl: Option<i64>,
         /// Before changing anything, GET this URL through the new target; any answer but
@@ -1352,6 +1352,9 @@ pub async fn run(args: Args) -> Result<Output> {
     }
 }
 
+/// A change to the state file made together with saving the undo record.
+pub(crate) type StateEdit = Box<dyn FnOnce(&mut StateFile) + Send>;
+
 /// A change batch ready to send, with what to print and record about it.
 pub(crate) struct Pending {
     pub(crate) action: String,
@@ -1371,7 +1374,7 @@ pub(crate) struct Pending {
     /// `--check-url` probes made before (all passed).
     pub(crate) check: Vec<check::Probe>,
     /// Run on the state file together with recording the change (before sending it).
-    pub(crate) state_edit: Option<Box<dyn FnOnce(&mut StateFile) + Send>>,
+    pub(crate) state_edit: Option<StateEdit>,
 }
 
 /// One change as `ACTION TYPE SET_ID`.

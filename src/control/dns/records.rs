@@ -787,7 +787,7 @@ pub struct ToWeightedArgs {
     pub old_id: String,
     /// Set identifier of the new target's record (weight 0). CLI default `new`.
     pub new_id: String,
-    /// TTL of the new record when the old one is an alias (else the old one's TTL).
+    /// TTL of the new record. None: the old record's, or 60 when the old one is an alias.
     pub ttl: Option<i64>,
     pub check_url: Option<String>,
     pub opts: ChangeOpts,
@@ -852,7 +852,8 @@ pub async fn to_weighted(client: &Client, a: &ToWeightedArgs) -> Result<Outcome>
     let mut old = saved_plain.clone();
     old.set_identifier = Some(old_id.to_string());
     old.weight = Some(100);
-    let ttl = a.ttl.or(plain.ttl);
+    // An alias has no TTL; its answers live as long as its target's (60 s for ALBs).
+    let ttl = a.ttl.or(plain.ttl).or(Some(ALIAS_TTL));
     let mut new = build(&name, &t, &a.target, ttl, None)?;
     new.set_identifier = Some(new_id.to_string());
     new.weight = Some(0);
@@ -1267,7 +1268,7 @@ pub async fn failover(client: &Client, a: &FailoverArgs) -> Result<Outcome> {
     let first = home.is_none();
     let edit_key = home_key.clone();
     let old_primary = p_id.clone();
-    let state_edit: Option<Box<dyn FnOnce(&mut super::StateFile) + Send>> = if swap {
+    let state_edit: Option<super::StateEdit> = if swap {
         Some(Box::new(move |st: &mut super::StateFile| {
             if back_home {
                 st.failover_home.remove(&edit_key);
