@@ -2329,6 +2329,7 @@ async fn dns_dry_runs_send_nothing_and_batches_are_whole_on_fake() {
         zone_id: "ZFAKE".into(),
         records: vec![
             rec("api.example.com.", None, None, None, "192.0.2.1"),
+            rec("solo.example.com.", None, None, None, "192.0.2.1"),
             rec(
                 "dr.example.com.",
                 Some("home"),
@@ -2389,7 +2390,48 @@ async fn dns_dry_runs_send_nothing_and_batches_are_whole_on_fake() {
     }
 
     // to-weighted: one batch; the fake, like Route53, refuses a plain record beside weighted
-    // ones, so only DELETE and both CREATEs together are accepted.
+    // ones (shown first), so only DELETE and both CREATEs together are accepted.
+    {
+        use aws_sdk_route53::types::{
+            Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+        };
+        let weighted_beside_plain = ChangeBatch::builder()
+            .changes(
+                Change::builder()
+                    .action(ChangeAction::Create)
+                    .resource_record_set(
+                        ResourceRecordSet::builder()
+                            .name("solo.example.com.")
+                            .r#type(RrType::A)
+                            .set_identifier("new")
+                            .weight(0)
+                            .ttl(60)
+                            .resource_records(
+                                ResourceRecord::builder()
+                                    .value("192.0.2.2")
+                                    .build()
+                                    .unwrap(),
+                            )
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let refused = harness::route53(&f.url)
+            .change_resource_record_sets()
+            .hosted_zone_id("ZFAKE")
+            .change_batch(weighted_beside_plain)
+            .send()
+            .await;
+        assert!(
+            refused.is_err(),
+            "a weighted record beside a plain one is refused"
+        );
+        assert!(f.state().batches.is_empty());
+    }
     let r = switchyard(
         &f.url,
         h,

@@ -586,6 +586,14 @@ pub async fn switch(client: &Client, a: &SwitchArgs) -> Result<Outcome> {
             r.r#type.as_str()
         ));
     }
+    for c in &conflicting {
+        notes.push(format!(
+            "the {} record ({}) is replaced by the {} record: a CNAME cannot share its name",
+            c.r#type.as_str(),
+            describe_sdk(c),
+            wanted.as_str()
+        ));
+    }
     if let (Some(s), Target::Values(_)) = (same, &a.target) {
         if s.alias_target.is_some() {
             notes.push(format!(
