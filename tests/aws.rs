@@ -2323,6 +2323,8 @@ async fn dns_dry_runs_send_nothing_and_batches_are_whole_on_fake() {
         ttl: Some(60),
         values: vec![ip.into()],
         failover: fo.map(str::to_string),
+        // The failover records have health checks: home's passes, dr's fails everywhere.
+        health_check_id: fo.map(|_| format!("hc-{}", id.unwrap_or("-"))),
         ..Rec::default()
     };
     let f = Fake::start(State {
@@ -2348,6 +2350,12 @@ async fn dns_dry_runs_send_nothing_and_batches_are_whole_on_fake() {
         domain: "example.com".into(),
         domain_ns: vec!["ns-1.old-dns.net".into(), "ns-2.old-dns.net".into()],
         domain_op_polls: 2,
+        health_checks: [
+            ("hc-home".to_string(), vec![true, true, true]),
+            ("hc-dr".to_string(), vec![false, false, false]),
+        ]
+        .into_iter()
+        .collect(),
         ..State::default()
     })
     .await;
@@ -2455,9 +2463,25 @@ async fn dns_dry_runs_send_nothing_and_batches_are_whole_on_fake() {
         assert!(api_recs.iter().all(|r| r.weight.is_some()));
     }
 
-    // failover: both DELETEs and both CREATEs in one batch.
+    // status shows each role with its health check's figures.
+    let st = switchyard(&f.url, h, &args(&dr, &["status"])).await;
+    st.ok();
+    assert!(
+        st.stdout.contains("healthy (3/3)") && st.stdout.contains("unhealthy (0/3)"),
+        "{}",
+        st.stdout
+    );
+
+    // failover: both DELETEs and both CREATEs in one batch; the new primary's failing check
+    // is pointed out (Route53 keeps answering with the secondary until it passes).
     let r = switchyard(&f.url, h, &args(&dr, &["failover", "--to", "dr", "--json"])).await;
-    r.ok();
+    let j = r.ok().json();
+    assert!(
+        j["notes"]
+            .to_string()
+            .contains("keeps answering with the secondary (home)"),
+        "{j}"
+    );
     {
         let s = f.state();
         assert_eq!(s.batches.len(), 2);

@@ -3,8 +3,8 @@
 //! InProgress -> Deployed; API Gateway stage canarySettings; Route53 PENDING -> INSYNC, the
 //! change batches as sent (actions in order), and Route53's rules for a batch (CREATE of an
 //! existing record set, DELETE that does not match exactly, a plain record beside weighted or
-//! failover ones of the same type: the whole batch is refused); Route53 Domains operations
-//! that stay IN_PROGRESS before SUCCESSFUL.
+//! failover ones of the same type: the whole batch is refused), health checks that report
+//! failure; Route53 Domains operations that stay IN_PROGRESS before SUCCESSFUL.
 //! Response shapes follow the services' wire formats (what the SDK deserializers read):
 //! CloudFront and Route53 REST-XML with wrapped `ErrorResponse` errors, API Gateway REST-JSON
 //! with epoch-second dates and `x-amzn-ErrorType` errors, Route53 Domains JSON 1.1. It also
@@ -78,6 +78,8 @@ pub struct State {
     pub domain_ns: Vec<String>,
     pub domain_ops: BTreeMap<String, u32>,
     pub domain_op_polls: u32,
+    /// Route53 health checks: what each of the checkers reports (true = Success).
+    pub health_checks: BTreeMap<String, Vec<bool>>,
     /// Answer this many requests with 503 ServiceUnavailable first.
     pub fail_first: u32,
     pub failed: u32,
@@ -515,6 +517,30 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
                 "<?xml version=\"1.0\"?>\n<ChangeResourceRecordSetsResponse xmlns=\"{R53_NS}\"><ChangeInfo><Id>/change/{id}</Id><Status>PENDING</Status><SubmittedAt>{}</SubmittedAt></ChangeInfo></ChangeResourceRecordSetsResponse>",
                 now_rfc3339()
             );
+            resp(StatusCode::OK, "text/xml", xml, &[])
+        }
+        (Method::GET, ["2013-04-01", "healthcheck", id, "status"]) => {
+            let Some(reports) = s.health_checks.get(*id) else {
+                return xml_error(
+                    StatusCode::NOT_FOUND,
+                    R53_NS,
+                    "NoSuchHealthCheck",
+                    "A health check with the specified ID does not exist.",
+                );
+            };
+            let mut xml = format!("<?xml version=\"1.0\"?>\n<GetHealthCheckStatusResponse xmlns=\"{R53_NS}\"><HealthCheckObservations>");
+            for (i, ok) in reports.iter().enumerate() {
+                let status = if *ok {
+                    "Success: HTTP Status Code 200, OK"
+                } else {
+                    "Failure: Connection timed out."
+                };
+                xml.push_str(&format!(
+                    "<HealthCheckObservation><Region>us-east-1</Region><IPAddress>15.177.{i}.1</IPAddress><StatusReport><Status>{status}</Status><CheckedTime>{}</CheckedTime></StatusReport></HealthCheckObservation>",
+                    now_rfc3339()
+                ));
+            }
+            xml.push_str("</HealthCheckObservations></GetHealthCheckStatusResponse>");
             resp(StatusCode::OK, "text/xml", xml, &[])
         }
         (Method::GET, ["2013-04-01", "change", id]) => {

@@ -1110,6 +1110,18 @@ impl Health {
     }
 }
 
+/// Route53's rule: an endpoint is healthy when more than 18% of its checkers report it
+/// healthy; `unknown` when none has reported.
+fn verdict(healthy: usize, checkers: usize) -> &'static str {
+    if checkers == 0 {
+        "unknown"
+    } else if healthy * 100 > checkers * 18 {
+        "healthy"
+    } else {
+        "unhealthy"
+    }
+}
+
 /// The state of health check `id` (GetHealthCheckStatus).
 pub async fn health(client: &Client, id: &str) -> Result<Health> {
     let out = client
@@ -1124,16 +1136,9 @@ pub async fn health(client: &Client, id: &str) -> Result<Health> {
         .filter_map(|o| o.status_report.as_ref()?.status.as_deref())
         .collect();
     let healthy = reports.iter().filter(|s| s.starts_with("Success")).count();
-    let verdict = if reports.is_empty() {
-        "unknown"
-    } else if healthy * 100 > reports.len() * 18 {
-        "healthy"
-    } else {
-        "unhealthy"
-    };
     Ok(Health {
         health_check_id: id.to_string(),
-        verdict: verdict.into(),
+        verdict: verdict(healthy, reports.len()).into(),
         checkers: reports.len(),
         reporting_healthy: healthy,
         last_report: reports.first().map(|s| aws::one_line(s)),
@@ -1437,6 +1442,14 @@ mod tests {
             SavedSet::from_sdk(&latency),
             Err(DnsError::Unsupported { .. })
         ));
+    }
+
+    #[test]
+    fn health_verdict_is_route53s_18_percent_rule() {
+        assert_eq!(verdict(1, 3), "healthy");
+        assert_eq!(verdict(1, 6), "unhealthy", "16.7% is not more than 18%");
+        assert_eq!(verdict(0, 16), "unhealthy");
+        assert_eq!(verdict(0, 0), "unknown");
     }
 
     #[test]
