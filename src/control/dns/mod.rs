@@ -990,7 +990,7 @@ pub async fn run(args: Args) -> Result<Output> {
             let mut shown = rows(&recs);
             for r in shown.iter_mut() {
                 if let Some(id) = &r.health_check_id {
-                    r.health = Some(records::health(&r53.client, id).await?);
+                    r.health = Some(records::health_or_unknown(&r53.client, id).await);
                 }
             }
             let registrar = match domain {

@@ -1145,6 +1145,21 @@ pub async fn health(client: &Client, id: &str) -> Result<Health> {
     })
 }
 
+/// [`health`], with a failed call (no permission for GetHealthCheckStatus, a deleted check)
+/// shown as `unknown` with the error as its report, so the records are still shown.
+pub async fn health_or_unknown(client: &Client, id: &str) -> Health {
+    match health(client, id).await {
+        Ok(h) => h,
+        Err(e) => Health {
+            health_check_id: id.to_string(),
+            verdict: "unknown".into(),
+            checkers: 0,
+            reporting_healthy: 0,
+            last_report: Some(aws::one_line(&e.to_string())),
+        },
+    }
+}
+
 /// Forces a failover: the PRIMARY and SECONDARY records of the name swap roles (each keeps
 /// its target and health check) in one change batch of two DELETEs and two CREATEs. The first
 /// failover of a name records which record was primary, so `FailoverTo::Primary` can go back.
@@ -1233,7 +1248,7 @@ pub async fn failover(client: &Client, a: &FailoverArgs) -> Result<Outcome> {
     let mut before_rows = rows(&[primary.clone(), secondary.clone()]);
     for r in before_rows.iter_mut() {
         if let Some(id) = &r.health_check_id {
-            r.health = Some(health(client, id).await?);
+            r.health = Some(health_or_unknown(client, id).await);
         }
     }
     let saved = vec![SavedSet::from_sdk(primary)?, SavedSet::from_sdk(secondary)?];
