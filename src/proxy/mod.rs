@@ -567,6 +567,7 @@ impl ProxyHttp for Proxy {
         };
         stats.codes[code_class(status)].inc();
         stats.duration.observe(elapsed.as_secs_f64());
+        crate::metrics::traffic::HOSTS.record(&request_host(session.req_header()));
         if let Some(log) = &self.access_log {
             let req = session.req_header();
             let host = request_host(req);
