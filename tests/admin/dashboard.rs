@@ -440,6 +440,7 @@ async fn dashboard_draws_charts_markers_and_hosts() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     new.state.set_mode(Mode::Normal);
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let r = call(
         &p,
         "POST",
@@ -535,24 +536,27 @@ async fn dashboard_draws_charts_markers_and_hosts() {
         .await;
     }
     // Hovering a marker says what it stands for; so does clicking.
-    // The charts are redrawn every second: a found element may be gone by the click; retry.
-    let css = format!("{users} svg[data-chart=\"p99\"] g.marker[data-version=\"3\"] rect.hit");
-    let mut clicked = false;
-    for _ in 0..10 {
-        let marker = b.find(&css, 5).await;
-        match b
-            .cmd("POST", &format!("/element/{marker}/click"), json!({}))
-            .await
-        {
-            Ok(_) => {
-                clicked = true;
-                break;
-            }
-            Err(e) if e.to_string().contains("stale") => continue,
-            Err(e) => panic!("click on the marker: {e}"),
-        }
-    }
-    assert!(clicked, "the marker kept being redrawn under the click");
+    // A real click (pointer events at the marker's position): the charts are redrawn with each
+    // new sample, so an element reference could go stale before a WebDriver element click.
+    let at = b
+        .js(&format!(
+            r#"const r = document.querySelector('{users} svg[data-chart="p99"] g.marker[data-version="3"] rect.hit');
+               r.scrollIntoView({{block: "center"}});
+               const b = r.getBoundingClientRect();
+               return [Math.round(b.x + b.width / 2), Math.round(b.y + b.height / 2)];"#
+        ))
+        .await;
+    b.must(
+        "POST",
+        "/actions",
+        json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "duration": 0, "x": at[0], "y": at[1], "origin": "viewport"},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerUp", "button": 0},
+            ]}]}),
+    )
+    .await;
     let info = b
         .wait_text("#marker-info", 5, "the marker's details", |t| {
             t.contains("Version 3")
@@ -566,7 +570,7 @@ async fn dashboard_draws_charts_markers_and_hosts() {
         .js(r#"return document.querySelector('g.marker[data-kind="hold"] title').textContent;"#)
         .await;
     assert!(
-        title.as_str().unwrap().contains("hold of orders by admin"),
+        title.as_str().unwrap().contains("Hold of orders by admin"),
         "{title}"
     );
 
