@@ -332,7 +332,7 @@ pub struct HostTable {
     state: Mutex<State>,
 }
 
-/// The process's per-Host counters, fed by the proxy's `logging` phase.
+/// The process's per-Host counters, fed by the proxy's `request_filter` phase.
 pub static HOSTS: LazyLock<HostTable> = LazyLock::new(|| HostTable::new(now_ms()));
 
 impl HostTable {
@@ -355,7 +355,7 @@ impl HostTable {
     }
 
     /// Counts one request for `host` (lowercase, without port). Runs on the request path, once
-    /// per request, in the proxy's `logging` phase.
+    /// per request, where the proxy matches the request (the host is already normalised there).
     #[inline]
     pub fn record(&self, host: &str) {
         let slot = match self.index.load().get(host) {

@@ -158,6 +158,9 @@ impl Proxy {
     fn route_request(&self, session: &Session, ctx: &mut Ctx, table: Arc<RouteTable>) {
         let req = session.req_header();
         let host = request_host(req);
+        if ctx.table.is_none() {
+            crate::metrics::traffic::HOSTS.record(&host); // once per request, also when held
+        }
         let route = table.match_request(&host, req.uri.path().as_bytes(), &req.method);
         ctx.route = route;
         if let Some(ri) = route {
@@ -567,7 +570,6 @@ impl ProxyHttp for Proxy {
         };
         stats.codes[code_class(status)].inc();
         stats.duration.observe(elapsed.as_secs_f64());
-        crate::metrics::traffic::HOSTS.record(&request_host(session.req_header()));
         if let Some(log) = &self.access_log {
             let req = session.req_header();
             let host = request_host(req);
