@@ -32,27 +32,26 @@ enum Command {
     Control(switchyard::control::ControlCommand),
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Logs on stderr: colour only on a terminal, JSON with `SWITCHYARD_LOG_FORMAT=json`.
+fn init_tracing() -> Result<(), ExitCode> {
+    switchyard::serve::logging::init().map(drop).map_err(|e| {
+        eprintln!("switchyard: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => switchyard::cli::check(&args),
-        Command::Serve(args) => {
-            init_tracing();
-            exit(switchyard::serve::run(args))
-        }
-        Command::Demo => {
-            init_tracing();
-            exit(switchyard::serve::demo::run())
-        }
+        Command::Serve(args) => match init_tracing() {
+            Ok(()) => exit(switchyard::serve::run(args)),
+            Err(code) => code,
+        },
+        Command::Demo => match init_tracing() {
+            Ok(()) => exit(switchyard::serve::demo::run()),
+            Err(code) => code,
+        },
         Command::Admin(cmd) => switchyard::cli::admin::run(&cmd),
         Command::Control(c) => {
             let rt = match tokio::runtime::Builder::new_current_thread()

@@ -1,11 +1,14 @@
 //! Admin API against the real binary on loopback: every endpoint with good and bad input,
 //! rollback under load, history across restarts and `kill -9`, the files-vs-API rule,
-//! hold/release, the CLI, and the dashboard driven in headless Chromium.
+//! hold/release, the CLI, the charts' series and per-host traffic, and the dashboard driven in
+//! headless Chromium.
 
 mod common;
 
 #[path = "admin/api.rs"]
 mod api;
+#[path = "admin/charts.rs"]
+mod charts;
 #[path = "admin/cli.rs"]
 mod cli;
 #[path = "admin/dashboard.rs"]

@@ -23,7 +23,7 @@ use super::server::{json as json_resp, reply, AdminState};
 use super::types::{HoldRequest, HoldResult, HoldView, InflightView, ReleaseResult, RouteInflight};
 use crate::config::OneOrMany;
 use crate::health::Availability;
-use crate::metrics::METRICS;
+use crate::metrics::{series, traffic, METRICS};
 use crate::proxy::hold::{self, HOLDS};
 use crate::routing;
 
@@ -254,6 +254,8 @@ fn authenticate_known(state: &AdminState, call: &Call, rest: &[&str]) -> Result<
             | ["upstreams"]
             | ["inflight"]
             | ["stats"]
+            | ["series"]
+            | ["traffic"]
     );
     if !known {
         return Err(ApiError::NotFound(format!("/v1/{}", rest.join("/"))));
@@ -346,6 +348,14 @@ async fn v1(state: &Arc<AdminState>, call: &mut Call, rest: &[&str]) -> Result<R
         ["stats"] => {
             only(&m, &Method::GET, "GET")?;
             Ok(ok(stats()))
+        }
+        ["series"] => {
+            only(&m, &Method::GET, "GET")?;
+            get_series(state, call).await
+        }
+        ["traffic"] => {
+            only(&m, &Method::GET, "GET")?;
+            get_traffic(call)
         }
         _ => Err(ApiError::NotFound(format!("/v1/{}", rest.join("/")))),
     }
@@ -820,6 +830,7 @@ async fn hold(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiError
         max_queued,
         max_queued_bytes,
     );
+    series::note_hold(&actor, &set, req.max_ms, req.reason.as_deref());
     tracing::warn!(actor = %actor, routes = ?set, max_ms = req.max_ms, on_expiry = ?req.on_expiry, max_queued, max_queued_bytes, reason = req.reason.as_deref().unwrap_or(""), "holding requests");
     let view = hold_view().unwrap_or_default();
     Ok(ok(json!(HoldResult {
@@ -834,6 +845,7 @@ fn release(state: &AdminState, call: &Call) -> Result<Resp, ApiError> {
     let actor = actor(state, call)?;
     let was = HOLDS.current().map(|h| h.routes).unwrap_or_default();
     HOLDS.release();
+    series::note_release(&actor, &was);
     tracing::warn!(actor = %actor, routes = ?was, "hold released");
     Ok(ok(json!(ReleaseResult {
         released: was,
@@ -914,6 +926,102 @@ fn stats() -> Value {
         })
         .collect();
     json!({ "time_ms": now_ms, "routes": routes })
+}
+
+/// `GET /v1/series?route=ID[,ID...]&since=MS`: the charts' samples ([`series::SeriesView`])
+/// with the table versions, holds and releases in their span. Without `route`, every route
+/// with a series; without `since`, the whole window kept.
+async fn get_series(state: &Arc<AdminState>, call: &Call) -> Result<Resp, ApiError> {
+    let since = call
+        .query
+        .get("since")
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(series::SeriesError::BadSince(v.clone()).to_string())
+            })
+        })
+        .transpose()?;
+    let wanted: Option<Vec<String>> = call.query.get("route").map(|r| {
+        r.split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    let now = traffic::now_ms();
+    let mut view = series::SERIES.lock().view(since, wanted.as_deref(), now);
+    if let Some(want) = &wanted {
+        let live = state.store.load();
+        for id in want {
+            if view.routes.iter().any(|r| &r.route == id) {
+                continue;
+            }
+            if live.route_index(id).is_none() {
+                return Err(ApiError::NotFound(
+                    series::SeriesError::UnknownRoute(id.clone()).to_string(),
+                ));
+            }
+            // In the table but no request in the window: zeros, so the chart shows a flat line.
+            let n = view.steps();
+            view.routes.push(series::RouteSeries::zeros(id, n));
+        }
+    }
+    let from = view.from_ms.max(since.unwrap_or(0));
+    let ledger = state.ledger.clone();
+    let versions = tokio::task::spawn_blocking(move || version_events(&ledger, from))
+        .await
+        .map_err(|e| ApiError::Internal(format!("history task: {e}")))??;
+    view.events.extend(versions);
+    view.events.sort_by_key(|e| e.time_ms);
+    Ok(ok(serde_json::to_value(&view).unwrap_or(Value::Null)))
+}
+
+/// The history's versions made at or after `from_ms`, as chart markers; reads newest first and
+/// stops at the first older one (at most 200).
+fn version_events(ledger: &super::Ledger, from_ms: u64) -> Result<Vec<series::Event>, ApiError> {
+    let mut out = Vec::new();
+    let mut before = None;
+    for _ in 0..20 {
+        let page = ledger.history().list(10, before)?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.version);
+        for r in &page {
+            let Some(ms) = rfc3339_ms(&r.time) else {
+                continue;
+            };
+            if ms < from_ms {
+                return Ok(out);
+            }
+            out.push(series::Event {
+                time_ms: ms,
+                time: r.time.clone(),
+                kind: "version".into(),
+                version: Some(r.version),
+                actor: Some(r.actor.clone()),
+                reason: r.reason.clone(),
+                action: Some(r.action.as_str().to_string()),
+                summary: Some(r.changes.one_line()),
+                routes: r.changes.routes.iter().map(|c| c.route.clone()).collect(),
+                max_ms: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn rfc3339_ms(t: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// `GET /v1/traffic?window=DURATION`: requests per Host ([`traffic::TrafficView`]); the window
+/// defaults to 15m and may be up to 72h.
+fn get_traffic(call: &Call) -> Result<Resp, ApiError> {
+    let window = match call.query.get("window") {
+        Some(w) => traffic::parse_window(w).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        None => traffic::DEFAULT_WINDOW,
+    };
+    let view = traffic::HOSTS.view(traffic::now_ms(), window);
+    Ok(ok(serde_json::to_value(&view).unwrap_or(Value::Null)))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The operator commands over the admin API (`switchyard table`, `weight`, `rollback`,
-//! `revert`, `history`, `diff`, `hold`, `release`, `adopt`, `upstreams`, `inflight`).
+//! `revert`, `history`, `diff`, `hold`, `release`, `adopt`, `upstreams`, `inflight`, `traffic`).
 //!
 //! Each takes `--admin URL` (default `http://127.0.0.1:9090`, or `SWITCHYARD_ADMIN`) and reads
 //! the token from `SWITCHYARD_ADMIN_TOKEN`. Output is a readable table by default and the
@@ -17,6 +17,7 @@ use crate::admin::types::{
     ChangeResult, HoldRequest, HoldView, InflightView, OnExpiry, RoutePatchBody,
 };
 use crate::config::TableFile;
+use crate::metrics::traffic::{self, TrafficView};
 
 /// Where the admin API is and how to print.
 #[derive(Debug, Clone, clap::Args)]
@@ -146,6 +147,15 @@ pub enum AdminCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Requests per Host: in a window, in total, when last seen, and per minute. The evidence
+    /// that an old edge has drained after a DNS move.
+    Traffic {
+        #[command(flatten)]
+        conn: Conn,
+        /// How far back to count: `30s`, `15m`, `48h` (at most 72h).
+        #[arg(long, default_value = "15m")]
+        window: String,
+    },
 }
 
 pub use crate::admin::client::ClientError as CliError;
@@ -259,7 +269,8 @@ fn conn_of(cmd: &AdminCommand) -> &Conn {
         | AdminCommand::Release { conn }
         | AdminCommand::Adopt { conn, .. }
         | AdminCommand::Upstreams { conn }
-        | AdminCommand::Inflight { conn } => conn,
+        | AdminCommand::Inflight { conn }
+        | AdminCommand::Traffic { conn, .. } => conn,
     }
 }
 
@@ -429,6 +440,16 @@ fn execute(cmd: &AdminCommand) -> Result<String, CliError> {
                 as_json(&v)
             } else {
                 show_inflight(&v)
+            })
+        }
+        AdminCommand::Traffic { window, .. } => {
+            traffic::parse_window(window).map_err(|e| CliError::Usage(format!("--window: {e}")))?;
+            let path = format!("/v1/traffic?window={}", window.trim());
+            let t: TrafficView = api.typed(api.client.get(&path))?;
+            Ok(if conn.json {
+                as_json(&t)
+            } else {
+                show_traffic(&t)
             })
         }
     }
@@ -738,9 +759,100 @@ fn hold_line(h: &HoldView) -> String {
     }
 }
 
+/// `3s`, `5m 10s`, `2h 5m`, `3d 4h`: a duration to read at a glance.
+pub fn short_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    let (big, unit, small, small_unit) = match s {
+        0..=59 => return format!("{s}s"),
+        60..=3599 => (s / 60, "m", s % 60, "s"),
+        3600..=86_399 => (s / 3600, "h", s % 3600 / 60, "m"),
+        _ => (s / 86_400, "d", s % 86_400 / 3600, "h"),
+    };
+    if small == 0 {
+        format!("{big}{unit}")
+    } else {
+        format!("{big}{unit} {small}{small_unit}")
+    }
+}
+
+/// One character per count, scaled to the largest: `.` for none, `▁` to `█` for some.
+pub fn sparkline(counts: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = counts.iter().copied().max().unwrap_or(0);
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                '.'
+            } else {
+                BARS[((c - 1) * 8 / max.max(1)).min(7) as usize]
+            }
+        })
+        .collect()
+}
+
+fn show_traffic(t: &TrafficView) -> String {
+    let row = |name: &str, x: &traffic::Traffic| {
+        vec![
+            name.to_string(),
+            x.in_window.to_string(),
+            x.requests.to_string(),
+            x.last_seen.clone().unwrap_or_else(|| "never".into()),
+            x.last_seen_ms_ago
+                .map_or_else(|| "-".into(), |ms| format!("{} ago", short_duration(ms))),
+            sparkline(&x.per_minute),
+        ]
+    };
+    let mut rows: Vec<Vec<String>> = t.hosts.iter().map(|h| row(&h.host, &h.traffic)).collect();
+    rows.push(row("(other)", &t.other));
+    let mut out = format!(
+        "requests per host, window {} ({} of {} host slots used)\n",
+        short_duration(t.window_ms),
+        t.hosts.len(),
+        t.tracked_hosts_max
+    );
+    out.push_str(&columns(
+        &[
+            "HOST",
+            "IN WINDOW",
+            "TOTAL",
+            "LAST SEEN",
+            "AGO",
+            "PER MINUTE (oldest first)",
+        ],
+        &rows,
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traffic_formatting() {
+        assert_eq!(sparkline(&[0, 1, 4, 8]), ".▁▄█");
+        assert_eq!(sparkline(&[]), "");
+        assert_eq!(short_duration(48 * 3_600_000), "2d");
+        assert_eq!(short_duration(3_700_000), "1h 1m");
+        assert_eq!(short_duration(61_000), "1m 1s");
+        let t = crate::metrics::traffic::HostTable::new(1_800_000_000_000);
+        t.record("api.example.com");
+        let out = show_traffic(&t.view(1_800_000_030_000, std::time::Duration::from_secs(900)));
+        assert!(
+            out.contains("window 15m (1 of 128 host slots used)"),
+            "{out}"
+        );
+        assert!(
+            out.lines().any(|l| l.starts_with("api.example.com  1 ")),
+            "{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("(other)") && l.contains("never")),
+            "{out}"
+        );
+    }
 
     #[test]
     fn weights_and_columns() {

@@ -1,5 +1,10 @@
 //! Every Prometheus metric switchyard exports, registered in one place. Labels are bounded:
 //! route ids, upstream names, status classes and fixed reasons, never raw paths or addresses.
+//! Beside them, in memory only: the charts' history ([`series`]) and requests per Host
+//! ([`traffic`]).
+
+pub mod series;
+pub mod traffic;
 
 use std::sync::LazyLock;
 
@@ -39,6 +44,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// Status class label values, indexed by `status / 100 - 1` (anything else counts as `5xx`).
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Upper bounds (seconds) of `switchyard_request_duration_seconds`' buckets.
+pub const BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Index into [`CODE_CLASSES`] for a status code.
 #[inline]
 pub fn code_class(status: u16) -> usize {
@@ -67,10 +77,7 @@ impl Metrics {
                 "switchyard_request_duration_seconds",
                 "Time from request start to the end of the response.",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ]),
+            .buckets(BUCKETS.to_vec()),
             &["route", "upstream"],
         )
         .expect("static metric definition");

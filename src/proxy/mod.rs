@@ -206,6 +206,9 @@ impl Proxy {
     fn route_request(&self, session: &Session, ctx: &mut Ctx, table: Arc<RouteTable>) {
         let req = session.req_header();
         let host = request_host(req);
+        if ctx.table.is_none() {
+            crate::metrics::traffic::HOSTS.record(&host); // once per request, also when held
+        }
         let route = table.match_request(&host, req.uri.path().as_bytes(), &req.method);
         ctx.route = route;
         if let Some(ri) = route {

@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod demo;
+pub mod logging;
 pub mod origin;
 pub mod reload;
 
@@ -152,6 +153,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 tokio::spawn(crate::health::active::supervise(
                     control_ledger.store().clone(),
                 ));
+                tokio::spawn(crate::metrics::series::run(control_ledger.store().clone()));
                 reload::watch(control_ledger).await;
             });
         })?;

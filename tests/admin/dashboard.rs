@@ -1,7 +1,8 @@
 //! The dashboard in headless Chromium (Debian `chromium` + `chromium-driver`), driven over the
 //! WebDriver protocol: a real click on a route's rollback button, a reason typed into the
-//! prompt, and then the data plane answers from the fallback. Fails (does not skip) when
-//! Chromium is missing.
+//! prompt, and then the data plane answers from the fallback; the charts (series, markers,
+//! health) and the per-host table checked through the DOM, with a screenshot saved for a person
+//! to look at. Fails (does not skip) when Chromium is missing.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -196,6 +197,35 @@ impl Browser {
         }
     }
 
+    /// The result of a JavaScript snippet run in the page (`return ...;`).
+    async fn js(&self, script: &str) -> Value {
+        self.must(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+        .await
+    }
+
+    /// Waits up to `secs` until `script` returns a truthy value; returns it.
+    async fn wait_js(&self, secs: u64, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.js(script).await;
+            if !(v.is_null() || v == false || v == 0 || v == "") {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A PNG of the whole window.
+    async fn screenshot(&self) -> Vec<u8> {
+        let b64 = self.must("GET", "/screenshot", json!({})).await;
+        base64_decode(b64.as_str().expect("screenshot is base64 text"))
+    }
+
     async fn quit(mut self) {
         let _ = send(
             &client(),
@@ -208,6 +238,33 @@ impl Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// Standard base64 (the WebDriver screenshot encoding).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for chunk in bytes.chunks(4) {
+        let data: Vec<u8> = chunk.iter().copied().filter(|&c| c != b'=').collect();
+        let mut n = 0u32;
+        for (i, &c) in data.iter().enumerate() {
+            n |= val(c) << (18 - 6 * i);
+        }
+        for i in 0..data.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
 }
 
 impl Drop for Browser {
@@ -331,6 +388,239 @@ async fn dashboard_click_rolls_a_route_back() {
     )
     .unwrap();
     assert_eq!(w, json!({"legacy": 100}));
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    b.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_draws_charts_markers_and_hosts() {
+    let new = Origin::start("new").await;
+    let legacy = Origin::start("legacy").await;
+    let dir = routes_dir(&table(&new, &legacy, SPLIT));
+    let p = start(dir.path(), &[]).await;
+
+    // Steady load on two routes from three hosts, as long as the test runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let urls = [p.url("/users/1"), p.url("/orders/1"), p.url("/users/2")];
+        tokio::spawn(async move {
+            let c = client();
+            let hosts = ["api.example.com", "www.example.com", "old-edge.example.com"];
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = send(&c, "GET", &urls[i % 3], &[("host", hosts[i % 3])], "").await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    // History to mark: a ramp, a burst of 5xx from `new` (users falls back, orders fails),
+    // then a rollback, a hold and its release.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = call(
+        &p,
+        "PATCH",
+        "/v1/routes/users",
+        r#"{"split": {"new": 75, "legacy": 25}, "reason": "ramp to 75"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    new.state.set_mode(Mode::Error500);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = call(
+        &p,
+        "POST",
+        "/v1/routes/users/rollback",
+        r#"{"reason": "5xx from new"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    new.state.set_mode(Mode::Normal);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = call(
+        &p,
+        "POST",
+        "/v1/hold",
+        r#"{"routes": ["orders"], "max_ms": 400, "reason": "db switch"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(call(&p, "POST", "/v1/release", "").await.status, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let b = Browser::start().await;
+    b.must(
+        "POST",
+        "/window/rect",
+        json!({"width": 1400, "height": 1500}),
+    )
+    .await;
+    b.must("POST", "/url", json!({"url": p.admin_url("/")}))
+        .await;
+    // The past is there at once: charts for both busy routes, not for the idle one.
+    let users = "div.route-charts[data-route=\"users\"]";
+    b.find(&format!("{users} svg[data-chart=\"rate\"]"), 15)
+        .await;
+    for series in ["upstream:new", "upstream:legacy"] {
+        b.find(
+            &format!("{users} svg[data-chart=\"rate\"] path.series[data-series=\"{series}\"]"),
+            5,
+        )
+        .await;
+    }
+    for (chart, series) in [
+        ("errors", "errors_5xx"),
+        ("errors", "fallbacks"),
+        ("p99", "p99_ms"),
+        ("p99", "p50_ms"),
+    ] {
+        let d = b
+            .attr(
+                &format!("{users} svg[data-chart=\"{chart}\"] path[data-series=\"{series}\"]"),
+                "d",
+            )
+            .await;
+        assert!(d.matches('L').count() > 3, "{chart}/{series}: {d}");
+    }
+    b.find(
+        "div.route-charts[data-route=\"orders\"] svg[data-chart=\"errors\"]",
+        5,
+    )
+    .await;
+    assert!(b
+        .try_find("div.route-charts[data-route=\"static\"]")
+        .await
+        .is_none());
+    assert!(b.text("#charts-note").await.contains("static"));
+    // The 5xx burst is in the error series: its line rises above the baseline somewhere.
+    let rises = b
+        .js(r#"const p = document.querySelector('div.route-charts[data-route="orders"] svg[data-chart="errors"] path[data-series="errors_5xx"]');
+               const ys = p.getAttribute('d').split(/[ML]/).filter(Boolean).map(s => +s.split(',')[1]);
+               return Math.max(...ys) - Math.min(...ys);"#)
+        .await;
+    assert!(rises.as_f64().unwrap() > 20.0, "{rises}");
+
+    // A marker per version in the history, on every route chart, same x on each.
+    let history = call(&p, "GET", "/v1/history", "").await.json();
+    let versions: Vec<u64> = history["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [3, 2, 1]);
+    for v in &versions {
+        let xs = b
+            .wait_js(
+                10,
+                &format!("markers of version {v}"),
+                &format!(
+                    r#"const m = [...document.querySelectorAll('div.route-charts svg g.marker[data-kind="version"][data-version="{v}"] line.vis')];
+                       return m.length >= 6 ? m.map(l => l.getAttribute('x1')) : null;"#
+                ),
+            )
+            .await;
+        let xs: Vec<String> = serde_json::from_value(xs).unwrap();
+        assert!(xs.iter().all(|x| *x == xs[0]), "version {v}: {xs:?}");
+    }
+    for kind in ["hold", "release"] {
+        b.find(
+            &format!("{users} svg[data-chart=\"rate\"] g.marker[data-kind=\"{kind}\"]"),
+            10,
+        )
+        .await;
+    }
+    // Hovering a marker says what it stands for; so does clicking.
+    // A real click (pointer events at the marker's position): the charts are redrawn with each
+    // new sample, so an element reference could go stale before a WebDriver element click.
+    let at = b
+        .js(&format!(
+            r#"const r = document.querySelector('{users} svg[data-chart="p99"] g.marker[data-version="3"] rect.hit');
+               r.scrollIntoView({{block: "center"}});
+               const b = r.getBoundingClientRect();
+               return [Math.round(b.x + b.width / 2), Math.round(b.y + b.height / 2)];"#
+        ))
+        .await;
+    b.must(
+        "POST",
+        "/actions",
+        json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "duration": 0, "x": at[0], "y": at[1], "origin": "viewport"},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pointerUp", "button": 0},
+            ]}]}),
+    )
+    .await;
+    let info = b
+        .wait_text("#marker-info", 5, "the marker's details", |t| {
+            t.contains("Version 3")
+        })
+        .await;
+    assert!(
+        info.contains("rollback by admin") && info.contains("5xx from new"),
+        "{info}"
+    );
+    let title = b
+        .js(r#"return document.querySelector('g.marker[data-kind="hold"] title').textContent;"#)
+        .await;
+    assert!(
+        title.as_str().unwrap().contains("Hold of orders by admin"),
+        "{title}"
+    );
+
+    // Health over time for each upstream.
+    for u in ["new", "legacy"] {
+        b.find(
+            &format!(
+                "svg[data-chart=\"health\"][data-upstream=\"{u}\"] rect.state[data-state=\"up\"]"
+            ),
+            10,
+        )
+        .await;
+    }
+    // Per-host table with a sparkline per host.
+    for h in ["api.example.com", "www.example.com", "old-edge.example.com"] {
+        let n = b
+            .wait_text(
+                &format!("#hosts tr[data-host=\"{h}\"] td.in-window"),
+                10,
+                "a request count",
+                |t| t.parse::<u64>().is_ok_and(|n| n > 10),
+            )
+            .await;
+        assert!(n.parse::<u64>().unwrap() > 10);
+        b.find(&format!("#hosts tr[data-host=\"{h}\"] svg.spark rect"), 5)
+            .await;
+        assert!(b
+            .text(&format!("#hosts tr[data-host=\"{h}\"] td.last-seen"))
+            .await
+            .ends_with("s ago"));
+    }
+    b.find("#hosts tr[data-host=\"(other)\"]", 5).await;
+
+    // It updates live: the newest sample moves on.
+    let last = "return Math.max(...Object.keys(S.routes.users.requests).map(Number));";
+    let before = b.js(last).await.as_u64().unwrap();
+    b.wait_js(
+        10,
+        "a newer sample",
+        &format!(
+            "return Math.max(...Object.keys(S.routes.users.requests).map(Number)) > {before};"
+        ),
+    )
+    .await;
+
+    let png = b.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-charts.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("dashboard screenshot: {}", path.display());
 
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
