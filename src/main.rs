@@ -30,6 +30,8 @@ enum Command {
     Admin(switchyard::cli::admin::AdminCommand),
     #[command(flatten)]
     Control(switchyard::control::ControlCommand),
+    /// Migration plans: steps, gates, automatic rollback, approvals, resume.
+    Plan(switchyard::plan::cli::PlanArgs),
 }
 
 fn init_tracing() {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
             exit(switchyard::serve::demo::run())
         }
         Command::Admin(cmd) => switchyard::cli::admin::run(&cmd),
+        Command::Plan(args) => switchyard::plan::cli::run(args),
         Command::Control(c) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

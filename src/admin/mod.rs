@@ -8,6 +8,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod history;
 pub mod ledger;
+pub mod plans;
 pub mod server;
 pub mod summary;
 
