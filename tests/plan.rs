@@ -141,7 +141,12 @@ impl Runner {
     async fn finish(mut self, secs: u64) -> (i32, String, Vec<Value>) {
         let status = tokio::time::timeout(Duration::from_secs(secs), self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("the runner did not end within {secs} s; events: {:#?}", self.events()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the runner did not end within {secs} s; events: {:#?}",
+                    self.events()
+                )
+            })
             .unwrap();
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {
@@ -245,7 +250,11 @@ async fn plan_completes_with_each_weight_in_order_and_the_plan_as_actor() {
          [[steps]]\nweight = 100\nbake = \"1s\"\n",
     );
     let load = Load::start(&p);
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &[]);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
     let (code, err, events) = r.finish(60).await;
     load.stop().await;
     assert_eq!(code, 0, "stderr: {err}\nevents: {events:#?}");
@@ -281,7 +290,13 @@ async fn plan_completes_with_each_weight_in_order_and_the_plan_as_actor() {
     assert_eq!(users_weights(&p).await["new"], 100.0);
     let c = client();
     for _ in 0..10 {
-        assert_eq!(send(&c, "GET", &p.url("/users/9"), &[], "").await.unwrap().origin(), "new");
+        assert_eq!(
+            send(&c, "GET", &p.url("/users/9"), &[], "")
+                .await
+                .unwrap()
+                .origin(),
+            "new"
+        );
     }
     // The plan's state as the admin API and `plan status` show it.
     let v = admin_json(&p, "/v1/plans/users-to-new").await;
@@ -292,7 +307,11 @@ async fn plan_completes_with_each_weight_in_order_and_the_plan_as_actor() {
     )
     .await;
     assert_eq!(s.code, 0, "{s:?}");
-    assert!(s.stdout.contains("users-to-new") && s.stdout.contains("completed"), "{}", s.stdout);
+    assert!(
+        s.stdout.contains("users-to-new") && s.stdout.contains("completed"),
+        "{}",
+        s.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,18 +330,32 @@ async fn a_backend_failing_mid_bake_is_rolled_back_at_the_next_gate_evaluation()
          [[steps]]\nweight = 50\nbake = \"60s\"\n",
     );
     let load = Load::start(&p);
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &[]);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
     // A passing evaluation first: the backend is healthy at 50%.
     r.wait_event(30, "a passing gate", |e| {
         e["event"] == "progress" && e["gates"][0]["verdict"] == "pass"
     })
     .await;
-    let before = r.events().iter().filter(|e| e["event"] == "progress").count();
+    let before = r
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .count();
     new.state.set_mode(Mode::Error500);
     let failed_at = Instant::now();
     // The client still sees 200s (the fallback answers): the gate judges new's attempts.
     let c = client();
-    assert_eq!(send(&c, "GET", &p.url("/users/2"), &[], "").await.unwrap().status, 200);
+    assert_eq!(
+        send(&c, "GET", &p.url("/users/2"), &[], "")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let (code, err, events) = r.finish(30).await;
     let took = failed_at.elapsed();
     load.stop().await;
@@ -333,7 +366,10 @@ async fn a_backend_failing_mid_bake_is_rolled_back_at_the_next_gate_evaluation()
     // At most two evaluations after the failure began: the one whose window straddles the
     // switch, and the next; with a 1 s interval that is within one interval plus a second.
     let after = events.iter().filter(|e| e["event"] == "progress").count() - before;
-    assert!(after <= 2, "{after} evaluations after the failure: {events:#?}");
+    assert!(
+        after <= 2,
+        "{after} evaluations after the failure: {events:#?}"
+    );
     eprintln!("rolled back {took:?} after the backend started failing");
     let last = events.last().unwrap();
     assert_eq!(last["event"], "rolled_back");
@@ -341,8 +377,14 @@ async fn a_backend_failing_mid_bake_is_rolled_back_at_the_next_gate_evaluation()
     let h = history(&p).await;
     let rb = h.last().unwrap();
     assert_eq!(rb["actor"], "admin (plan:fails)");
-    assert!(rb["reason"].as_str().unwrap().contains("gate error_rate"), "{rb}");
-    assert_eq!(admin_json(&p, "/v1/plans/fails").await["report"]["status"], "rolled_back");
+    assert!(
+        rb["reason"].as_str().unwrap().contains("gate error_rate"),
+        "{rb}"
+    );
+    assert_eq!(
+        admin_json(&p, "/v1/plans/fails").await["report"]["status"],
+        "rolled_back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +404,11 @@ async fn latency_gate_rolls_back_a_slow_backend() {
          [[steps]]\nweight = 100\nbake = \"60s\"\n",
     );
     let load = Load::start(&p);
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &[]);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
     let (code, err, events) = r.finish(40).await;
     load.stop().await;
     assert_eq!(code, 1, "stderr: {err}\n{events:#?}");
@@ -390,8 +436,13 @@ async fn min_requests_gives_no_verdict_on_three_requests() {
         "[[gates]]\nkind = \"error_rate\"\nmax = 0.01\nmin_requests = 20\nwindow = \"4s\"\n\
          [[steps]]\nweight = 100\nbake = \"4s\"\n",
     );
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &[]);
-    r.wait_event(20, "the bake", |e| e["event"] == "progress").await;
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
+    r.wait_event(20, "the bake", |e| e["event"] == "progress")
+        .await;
     // Three requests, each a failed attempt at new (then answered by legacy).
     let c = client();
     for _ in 0..3 {
@@ -438,18 +489,35 @@ async fn abort_from_another_process_rolls_back_during_a_bake() {
         "[[gates]]\nkind = \"error_rate\"\nmax = 0.5\nmin_requests = 5\n\
          [[steps]]\nweight = 50\nbake = \"60s\"\n[[steps]]\nweight = 100\nbake = \"60s\"\n",
     );
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &[]);
-    r.wait_event(20, "the bake", |e| e["event"] == "progress").await;
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
+    r.wait_event(20, "the bake", |e| e["event"] == "progress")
+        .await;
     assert_eq!(users_weights(&p).await["new"], 50.0);
     let other = tempfile::tempdir().unwrap();
     let a = run(
         other.path(),
-        &["plan", "abort", "long", "--reason", "pager went off", "--admin", &p.admin_url("")],
+        &[
+            "plan",
+            "abort",
+            "long",
+            "--reason",
+            "pager went off",
+            "--admin",
+            &p.admin_url(""),
+        ],
     )
     .await;
     // The abort itself rolled back: the route is on legacy as soon as the command returns.
     assert_eq!(a.code, 0, "{a:?}");
-    assert!(a.stdout.contains("route users sent back to legacy"), "{}", a.stdout);
+    assert!(
+        a.stdout.contains("route users sent back to legacy"),
+        "{}",
+        a.stdout
+    );
     assert_on_legacy(&p).await;
     let h = history(&p).await;
     let last = h.last().unwrap();
@@ -461,7 +529,10 @@ async fn abort_from_another_process_rolls_back_during_a_bake() {
     assert!(err.contains("aborted by admin"), "{err}");
     assert_eq!(events.last().unwrap()["event"], "aborted");
     assert_eq!(history(&p).await.len(), h.len());
-    assert_eq!(admin_json(&p, "/v1/plans/long").await["report"]["status"], "aborted");
+    assert_eq!(
+        admin_json(&p, "/v1/plans/long").await["report"]["status"],
+        "aborted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,7 +550,11 @@ async fn kill9_then_resume_completes_without_repeating_a_step() {
         "[[steps]]\nweight = 10\nbake = \"1s\"\n[[steps]]\nweight = 50\nbake = \"4s\"\n\
          [[steps]]\nweight = 100\nbake = \"1s\"\n",
     );
-    let mut r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &[]);
+    let mut r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
     r.wait_event(30, "step 2 started", |e| {
         e["event"] == "step_started" && e["step"] == 1
     })
@@ -497,7 +572,11 @@ async fn kill9_then_resume_completes_without_repeating_a_step() {
     // A second `run` is refused: the journal says resume.
     let again = run(state.path(), &["plan", "run", plan.to_str().unwrap()]).await;
     assert_eq!(again.code, 2, "{again:?}");
-    assert!(again.stderr.contains("plan resume crashy"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("plan resume crashy"),
+        "{}",
+        again.stderr
+    );
     let r = Runner::start(state.path(), &["plan", "resume", "--json", "crashy"], &[]);
     let (code, err, events) = r.finish(60).await;
     assert_eq!(code, 0, "{err}\n{events:#?}");
@@ -511,7 +590,10 @@ async fn kill9_then_resume_completes_without_repeating_a_step() {
         .map(|v| v["reason"].as_str().unwrap())
         .collect();
     assert_eq!(reasons.len(), 3, "{reasons:#?}");
-    assert!(reasons[1].contains("weight 50%") && reasons[2].contains("weight 100%"), "{reasons:#?}");
+    assert!(
+        reasons[1].contains("weight 50%") && reasons[2].contains("weight 100%"),
+        "{reasons:#?}"
+    );
     assert_eq!(users_weights(&p).await["new"], 100.0);
 }
 
@@ -538,7 +620,11 @@ async fn an_approval_step_waits_until_approved() {
         "[[steps]]\nweight = 10\nbake = \"500ms\"\n[[steps]]\napprove = true\n\
          [[steps]]\nweight = 100\nbake = \"500ms\"\n",
     );
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &[]);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let v = admin_json(&p, "/v1/plans/gated").await;
@@ -550,7 +636,10 @@ async fn an_approval_step_waits_until_approved() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(users_weights(&p).await["new"], 10.0);
-    assert!(!r.events().iter().any(|e| e["event"] == "step_done" && e["step"] == 1));
+    assert!(!r
+        .events()
+        .iter()
+        .any(|e| e["event"] == "step_done" && e["step"] == 1));
     let a = run(state.path(), &["plan", "approve", "gated"]).await;
     assert_eq!(a.code, 0, "{a:?}");
     let (code, err, events) = r.finish(30).await;
@@ -576,14 +665,36 @@ async fn dry_run_changes_nothing() {
          [[steps]]\nweight = 100\nbake = \"10m\"\n",
     );
     let before = users_weights(&p).await;
-    let d = run(state.path(), &["plan", "run", "--dry-run", plan.to_str().unwrap()]).await;
+    let d = run(
+        state.path(),
+        &["plan", "run", "--dry-run", plan.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(d.code, 0, "{d:?}");
-    assert!(d.stdout.contains("at +0s: set users to new=5 legacy=95, bake 2m"), "{}", d.stdout);
-    assert!(d.stdout.contains("at +2m: wait for `switchyard plan approve dry`"), "{}", d.stdout);
-    assert!(d.stdout.contains("at +2m: set users to new=100 legacy=0, bake 10m"), "{}", d.stdout);
+    assert!(
+        d.stdout
+            .contains("at +0s: set users to new=5 legacy=95, bake 2m"),
+        "{}",
+        d.stdout
+    );
+    assert!(
+        d.stdout
+            .contains("at +2m: wait for `switchyard plan approve dry`"),
+        "{}",
+        d.stdout
+    );
+    assert!(
+        d.stdout
+            .contains("at +2m: set users to new=100 legacy=0, bake 10m"),
+        "{}",
+        d.stdout
+    );
     assert_eq!(history(&p).await.len(), 1);
     assert_eq!(users_weights(&p).await, before);
-    assert_eq!(admin_json(&p, "/v1/plans").await["plans"], serde_json::json!([]));
+    assert_eq!(
+        admin_json(&p, "/v1/plans").await["plans"],
+        serde_json::json!([])
+    );
     assert!(!state.path().join("plans").exists());
 }
 
@@ -594,13 +705,30 @@ async fn bad_plans_are_refused_with_every_error_before_anything_changes() {
     let dir = routes_dir(&routes(&new, &legacy));
     let p = start(dir.path()).await;
     let state = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join("plans").join(name).to_str().unwrap().to_string();
+    let path = |name: &str| {
+        dir.path()
+            .join("plans")
+            .join(name)
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
 
     // A typo: unknown key, with its line.
-    let typo = plan_file(dir.path(), "typo", &p, "1s", "[[steps]]\nweight = 5\nbaek = \"1m\"\n");
+    let typo = plan_file(
+        dir.path(),
+        "typo",
+        &p,
+        "1s",
+        "[[steps]]\nweight = 5\nbaek = \"1m\"\n",
+    );
     let r = run(state.path(), &["plan", "run", typo.to_str().unwrap()]).await;
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("typo.toml:9: unknown field `baek`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("typo.toml:9: unknown field `baek`"),
+        "{}",
+        r.stderr
+    );
 
     // Bad values: every one named.
     plan_file(
@@ -618,7 +746,11 @@ async fn bad_plans_are_refused_with_every_error_before_anything_changes() {
         "values.toml:11: steps[1].weight: -5 is not a percentage",
         "values.toml:15: steps[2].bake: 2s is shorter than the gate interval (10s)",
     ] {
-        assert!(r.stderr.contains(want), "{want:?} missing in:\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(want),
+            "{want:?} missing in:\n{}",
+            r.stderr
+        );
     }
 
     // Unknown route and upstreams: all three, from the live table.
@@ -640,31 +772,78 @@ async fn bad_plans_are_refused_with_every_error_before_anything_changes() {
             "to: \"neww\" is not an upstream of the live table",
             "from: \"old\" is not an upstream of the live table",
         ] {
-            assert!(r.stderr.contains(want), "{want:?} missing in:\n{}", r.stderr);
+            assert!(
+                r.stderr.contains(want),
+                "{want:?} missing in:\n{}",
+                r.stderr
+            );
         }
     }
 
     // An unreachable admin API.
     let gone = format!("http://127.0.0.1:{}", reserve_port());
-    let ok_plan = plan_file(dir.path(), "fine", &p, "1s", "[[steps]]\nweight = 5\nbake = \"20s\"\n");
-    let r = run(state.path(), &["plan", "run", "--admin", &gone, ok_plan.to_str().unwrap()]).await;
+    let ok_plan = plan_file(
+        dir.path(),
+        "fine",
+        &p,
+        "1s",
+        "[[steps]]\nweight = 5\nbake = \"20s\"\n",
+    );
+    let r = run(
+        state.path(),
+        &["plan", "run", "--admin", &gone, ok_plan.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("cannot reach the admin API"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot reach the admin API"),
+        "{}",
+        r.stderr
+    );
 
     assert_eq!(history(&p).await.len(), 1, "something changed");
     assert!(!state.path().join("plans").exists());
 
     // A plan already running under the same name, or on the same route, is refused.
-    let first = Runner::start(state.path(), &["plan", "run", "--json", ok_plan.to_str().unwrap()], &[]);
-    first.wait_event(20, "the bake", |e| e["event"] == "step_started").await;
+    let first = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", ok_plan.to_str().unwrap()],
+        &[],
+    );
+    first
+        .wait_event(20, "the bake", |e| e["event"] == "step_started")
+        .await;
     let elsewhere = tempfile::tempdir().unwrap();
-    let r = run(elsewhere.path(), &["plan", "run", ok_plan.to_str().unwrap()]).await;
+    let r = run(
+        elsewhere.path(),
+        &["plan", "run", ok_plan.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("plan \"fine\" is already running"), "{}", r.stderr);
-    let same_route = plan_file(dir.path(), "rival", &p, "1s", "[[steps]]\nweight = 7\nbake = \"20s\"\n");
-    let r = run(elsewhere.path(), &["plan", "run", same_route.to_str().unwrap()]).await;
+    assert!(
+        r.stderr.contains("plan \"fine\" is already running"),
+        "{}",
+        r.stderr
+    );
+    let same_route = plan_file(
+        dir.path(),
+        "rival",
+        &p,
+        "1s",
+        "[[steps]]\nweight = 7\nbake = \"20s\"\n",
+    );
+    let r = run(
+        elsewhere.path(),
+        &["plan", "run", same_route.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("route \"users\" is being moved by plan \"fine\""), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("route \"users\" is being moved by plan \"fine\""),
+        "{}",
+        r.stderr
+    );
     let a = run(state.path(), &["plan", "abort", "fine"]).await;
     assert_eq!(a.code, 0, "{a:?}");
     let (code, _, _) = first.finish(20).await;
@@ -694,7 +873,12 @@ async fn cloudwatch_gate_on_moto() {
                     .metric_name(metric)
                     .value(value)
                     .timestamp(t)
-                    .dimensions(Dimension::builder().name("ApiName").value(api.as_str()).build())
+                    .dimensions(
+                        Dimension::builder()
+                            .name("ApiName")
+                            .value(api.as_str())
+                            .build(),
+                    )
                     .build(),
             )
             .send()
@@ -722,7 +906,11 @@ async fn cloudwatch_gate_on_moto() {
     // 30 errors in 100 requests: 30% against a 5% limit.
     let state = tempfile::tempdir().unwrap();
     let plan = plan_file(dir.path(), "cw-bad", &p, "1s", &gate(&bad_api));
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &aws_env);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &aws_env,
+    );
     let (code, err, events) = r.finish(60).await;
     assert_eq!(code, 1, "{err}\n{events:#?}");
     assert!(err.contains(&format!("gate cloudwatch:{bad_api}")), "{err}");
@@ -732,7 +920,11 @@ async fn cloudwatch_gate_on_moto() {
     assert_on_legacy(&p).await;
     // No errors: the plan completes.
     let plan = plan_file(dir.path(), "cw-good", &p, "1s", &gate(&good_api));
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &aws_env);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &aws_env,
+    );
     let (code, err, events) = r.finish(60).await;
     assert_eq!(code, 0, "{err}\n{events:#?}");
     assert!(events
@@ -752,7 +944,11 @@ async fn cloudwatch_gate_on_moto() {
              [[steps]]\nweight = 20\nbake = \"30s\"\n"
         ),
     );
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &env);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &env,
+    );
     let (code, err, _) = r.finish(90).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot be evaluated"), "{err}");
@@ -768,7 +964,9 @@ async fn fake_prometheus(value: &'static str) -> (String, Arc<Mutex<Vec<String>>
     let s = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = l.accept().await else { return };
+            let Ok((stream, _)) = l.accept().await else {
+                return;
+            };
             let s = s.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -810,7 +1008,11 @@ async fn prometheus_gate_against_a_loopback_server() {
              [[steps]]\nweight = 20\nbake = \"20s\"\n"
         ),
     );
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &[]);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
     let (code, err, events) = r.finish(40).await;
     assert_eq!(code, 1, "{err}\n{events:#?}");
     assert!(err.contains("gate prometheus"), "{err}");
@@ -848,14 +1050,26 @@ async fn wait_drain_waits_for_a_host_to_go_quiet() {
             old.admin, old.admin
         ),
     );
-    let r = Runner::start(state.path(), &["plan", "run", "--json", plan.to_str().unwrap()], &[]);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
     let (code, err, events) = r.finish(40).await;
     busy.stop().await;
     assert_eq!(code, 1, "{err}\n{events:#?}");
-    assert!(events.iter().any(|e| e["event"] == "step_done" && e["step"] == 0), "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "step_done" && e["step"] == 0),
+        "{events:#?}"
+    );
     assert!(err.contains("busy.example.com still had traffic"), "{err}");
     assert!(events.iter().any(|e| e["event"] == "progress"
-        && e["message"].as_str().unwrap_or("").starts_with("busy.example.com: ")));
+        && e["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("busy.example.com: ")));
 }
 
 impl Load {

@@ -20,10 +20,12 @@ use super::auth::Denied;
 use super::history::{Action, HistoryError};
 use super::ledger::{Change, ChangeError, Committed, RoutePatch};
 use super::server::{json as json_resp, reply, AdminState};
+use super::types::{HoldRequest, HoldResult, HoldView, InflightView, ReleaseResult, RouteInflight};
 use crate::config::OneOrMany;
 use crate::health::Availability;
 use crate::metrics::METRICS;
 use crate::proxy::hold::{self, HOLDS};
+use crate::routing;
 
 /// Largest request body accepted (a whole table fits many times over); larger gets 413.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -274,8 +276,24 @@ fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<String, ApiEr
     })
 }
 
+/// Who makes a changing call: the token's name, followed by the client's own
+/// `x-switchyard-actor` in parentheses (`ops (plan:users-to-lambda)`), which is
+/// self-declared and only ever recorded next to the authenticated name.
 fn actor(state: &AdminState, call: &Call) -> Result<String, ApiError> {
-    authenticate(state, &call.headers)
+    let name = authenticate(state, &call.headers)?;
+    let declared = call
+        .headers
+        .get(super::client::ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
+    Ok(match declared {
+        Some(a) => {
+            let a: String = a.chars().filter(|c| !c.is_control()).take(100).collect();
+            format!("{name} ({a})")
+        }
+        None => name,
+    })
 }
 
 async fn v1(state: &Arc<AdminState>, call: &mut Call, rest: &[&str]) -> Result<Resp, ApiError> {
@@ -766,50 +784,55 @@ fn upstreams(state: &AdminState) -> Value {
     json!({ "version": live.version, "upstreams": list })
 }
 
+/// The hold in force, as the API shows it.
+pub fn hold_view() -> Option<HoldView> {
+    let h = HOLDS.current()?;
+    let remaining = h
+        .until
+        .map(|u| u.saturating_duration_since(std::time::Instant::now()))
+        .unwrap_or_default();
+    Some(HoldView {
+        routes: h.routes,
+        remaining_ms: remaining.as_millis() as u64,
+        on_expiry: h.on_expiry,
+        expired: remaining.is_zero(),
+        max_queued: h.max_queued,
+        max_queued_bytes: h.max_queued_bytes,
+        overflowed: HOLDS.overflowed(),
+    })
+}
+
 fn hold_json() -> Value {
-    match HOLDS.current() {
-        None => Value::Null,
-        Some(h) => {
-            let left = h
-                .until
-                .map(|u| {
-                    u.saturating_duration_since(std::time::Instant::now())
-                        .as_millis() as u64
-                })
-                .unwrap_or(0);
-            json!({ "routes": h.routes, "remaining_ms": left })
-        }
-    }
+    serde_json::to_value(hold_view()).unwrap_or(Value::Null)
 }
 
 async fn hold(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiError> {
     let actor = actor(state, call)?;
     let obj = read_json(call).await?;
-    take_keys(&obj, &["routes", "max_ms", "reason"])?;
-    let routes: Vec<String> = obj
-        .get("routes")
-        .cloned()
-        .map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| ApiError::BadRequest(format!("\"routes\": {e}")))?
-        .unwrap_or_default();
-    if routes.is_empty() {
+    let req: HoldRequest = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| ApiError::BadRequest(format!("hold: {e}")))?;
+    if req.routes.is_empty() {
         return Err(ApiError::BadRequest(
             "\"routes\" must list at least one route id".into(),
         ));
     }
-    let max_ms = obj
-        .get("max_ms")
-        .and_then(Value::as_u64)
-        .filter(|&n| (1..=MAX_HOLD_MS).contains(&n))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "\"max_ms\" must be a number of milliseconds from 1 to {MAX_HOLD_MS}"
-            ))
-        })?;
-    let reason = string_field(&obj, "reason", false)?;
+    if !(1..=MAX_HOLD_MS).contains(&req.max_ms) {
+        return Err(ApiError::BadRequest(format!(
+            "\"max_ms\" must be a number of milliseconds from 1 to {MAX_HOLD_MS}"
+        )));
+    }
+    let max_queued = req.max_queued.unwrap_or(hold::DEFAULT_MAX_QUEUED);
+    let max_queued_bytes = req
+        .max_queued_bytes
+        .unwrap_or(hold::DEFAULT_MAX_QUEUED_BYTES);
+    if max_queued == 0 || max_queued_bytes == 0 {
+        return Err(ApiError::BadRequest(
+            "\"max_queued\" and \"max_queued_bytes\" must be at least 1".into(),
+        ));
+    }
     let live = state.store.load();
-    let unknown: Vec<&str> = routes
+    let unknown: Vec<&str> = req
+        .routes
         .iter()
         .filter(|r| live.route_index(r).is_none())
         .map(String::as_str)
@@ -819,10 +842,22 @@ async fn hold(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiError
             unknown.join(", "),
         )));
     }
-    let set: BTreeSet<String> = routes.into_iter().collect();
-    HOLDS.hold(set.clone(), Duration::from_millis(max_ms));
-    tracing::warn!(actor = %actor, routes = ?set, max_ms, reason = reason.as_deref().unwrap_or(""), "holding requests");
-    Ok(ok(json!({ "held": set, "max_ms": max_ms, "actor": actor })))
+    let set: BTreeSet<String> = req.routes.iter().cloned().collect();
+    HOLDS.hold(
+        set.clone(),
+        Duration::from_millis(req.max_ms),
+        req.on_expiry,
+        max_queued,
+        max_queued_bytes,
+    );
+    tracing::warn!(actor = %actor, routes = ?set, max_ms = req.max_ms, on_expiry = ?req.on_expiry, max_queued, max_queued_bytes, reason = req.reason.as_deref().unwrap_or(""), "holding requests");
+    let view = hold_view().unwrap_or_default();
+    Ok(ok(json!(HoldResult {
+        held: set,
+        max_ms: req.max_ms,
+        actor,
+        hold: view,
+    })))
 }
 
 fn release(state: &AdminState, call: &Call) -> Result<Resp, ApiError> {
@@ -830,27 +865,33 @@ fn release(state: &AdminState, call: &Call) -> Result<Resp, ApiError> {
     let was = HOLDS.current().map(|h| h.routes).unwrap_or_default();
     HOLDS.release();
     tracing::warn!(actor = %actor, routes = ?was, "hold released");
-    Ok(ok(json!({ "released": was, "actor": actor })))
+    Ok(ok(json!(ReleaseResult {
+        released: was,
+        actor
+    })))
 }
 
 fn inflight(state: &AdminState) -> Value {
     let live = state.store.load();
-    let inflight: BTreeMap<String, i64> = hold::inflight_counts().into_iter().collect();
+    let inflight: BTreeMap<String, i64> = routing::inflight::counts().into_iter().collect();
     let queued: BTreeMap<String, i64> = hold::queued_counts().into_iter().collect();
-    let routes: BTreeMap<&str, Value> = live
+    let routes = live
         .routes
         .iter()
         .map(|r| {
             (
-                &*r.id,
-                json!({
-                    "inflight": inflight.get(&*r.id).copied().unwrap_or(0),
-                    "queued": queued.get(&*r.id).copied().unwrap_or(0),
-                }),
+                r.id.to_string(),
+                RouteInflight {
+                    inflight: inflight.get(&*r.id).copied().unwrap_or(0),
+                    queued: queued.get(&*r.id).copied().unwrap_or(0),
+                },
             )
         })
         .collect();
-    json!({ "routes": routes, "hold": hold_json() })
+    json!(InflightView {
+        routes,
+        hold: hold_view(),
+    })
 }
 
 /// Cumulative requests and 5xx answers per route and upstream, read from the metrics; the

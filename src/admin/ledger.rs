@@ -117,15 +117,27 @@ pub struct Committed {
 impl Committed {
     /// The API's answer: version, what changed, warnings (no document).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "version": self.record.version,
-            "action": self.record.action,
-            "actor": self.record.actor,
-            "reason": self.record.reason,
-            "time": self.record.time,
-            "changes": self.record.changes,
-            "warnings": self.warnings,
-        })
+        serde_json::to_value(self.result()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The API's answer for this change.
+    pub fn result(&self) -> super::types::ChangeResult {
+        super::types::ChangeResult {
+            version: self.record.version,
+            action: serde_json::to_value(self.record.action)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            actor: self.record.actor.clone(),
+            reason: self.record.reason.clone(),
+            time: self.record.time.clone(),
+            changes: self.record.changes.clone(),
+            warnings: self
+                .warnings
+                .iter()
+                .filter_map(|w| serde_json::to_value(w).ok())
+                .collect(),
+        }
     }
 }
 

@@ -5,12 +5,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod dashboard;
 pub mod history;
 pub mod ledger;
 pub mod plans;
 pub mod server;
 pub mod summary;
+pub mod types;
 
 pub use auth::Tokens;
 pub use history::History;

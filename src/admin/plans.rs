@@ -212,7 +212,10 @@ pub async fn abort(
     let reason = b.reason.filter(|r| !r.trim().is_empty());
     let why = format!(
         "abort plan {name}{}",
-        reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
     );
     let live = state.store.load();
     let already = live
@@ -221,7 +224,9 @@ pub async fn abort(
         .iter()
         .find(|r| r.id == route)
         .is_some_and(|r| match &r.split {
-            Some(split) => split.iter().all(|(u, w)| if *u == from { *w >= 100.0 } else { *w <= 0.0 }),
+            Some(split) => split
+                .iter()
+                .all(|(u, w)| if *u == from { *w >= 100.0 } else { *w <= 0.0 }),
             None => r.to.as_deref() == Some(from.as_str()),
         });
     let version = if already {

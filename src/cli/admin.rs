@@ -7,14 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-use crate::admin::auth::TOKEN_ENV;
+use crate::admin::client::AdminClient;
 use crate::admin::summary::{self, ChangeKind, Summary};
+use crate::admin::types::{
+    ChangeResult, HoldRequest, HoldView, InflightView, OnExpiry, RoutePatchBody,
+};
 use crate::config::TableFile;
 
 /// Where the admin API is and how to print.
@@ -111,6 +112,16 @@ pub enum AdminCommand {
         /// Why (logged).
         #[arg(long)]
         reason: Option<String>,
+        /// At the deadline: `proceed` (held requests go on) or `reject` (503 + Retry-After
+        /// for the held routes until `release`).
+        #[arg(long, value_enum, default_value = "proceed")]
+        on_expiry: OnExpiry,
+        /// Most requests queued at once; beyond it, 503 + Retry-After.
+        #[arg(long)]
+        max_queued: Option<u64>,
+        /// Most request bytes (head + declared body) queued at once; beyond it, 503.
+        #[arg(long)]
+        max_queued_bytes: Option<u64>,
     },
     /// End the hold: held requests proceed on the table current now.
     Release {
@@ -137,55 +148,25 @@ pub enum AdminCommand {
     },
 }
 
-/// Why a command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("cannot reach the admin API at {url}: {message}")]
-    Transport { url: String, message: String },
-    #[error("{message} (HTTP {status})")]
-    Server {
-        status: u16,
-        message: String,
-        details: Vec<Value>,
-    },
-    #[error("unexpected answer from {url}: {message}")]
-    Decode { url: String, message: String },
-}
+pub use crate::admin::client::ClientError as CliError;
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-/// A connection to the admin API.
+/// A blocking connection to the admin API: the crate's one client on a runtime of its own.
 struct Api {
     base: String,
-    token: Option<String>,
-    http: HttpClient,
+    client: AdminClient,
     rt: tokio::runtime::Runtime,
 }
 
 impl Api {
     fn new(conn: &Conn) -> Result<Api, CliError> {
-        let base = conn.admin.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") {
-            return Err(CliError::Usage(format!(
-                "--admin {base:?}: expected http://HOST:PORT (the admin API speaks plain HTTP; reach a remote one through an SSH tunnel)"
-            )));
-        }
+        let client = AdminClient::new(&conn.admin)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))?;
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
         Ok(Api {
-            base,
-            token: std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()),
-            http,
+            base: client.base().to_string(),
+            client,
             rt,
         })
     }
@@ -204,75 +185,28 @@ impl Api {
         if_match: Option<u64>,
         raw: bool,
     ) -> Result<Value, CliError> {
-        let url = format!("{}{}", self.base, path);
-        let mut b = http::Request::builder().method(method).uri(&url);
-        if let Some(t) = &self.token {
-            b = b.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        if let Some(v) = if_match {
-            b = b.header(http::header::IF_MATCH, format!("\"{v}\""));
-        }
-        let payload = match body {
-            Some(v) => {
-                b = b.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(v.to_string())
+        let method = http::Method::from_bytes(method.as_bytes())
+            .map_err(|e| CliError::Usage(format!("{method}: {e}")))?;
+        if raw {
+            let payload = body.map(|v| Bytes::from(v.to_string()));
+            let (status, text) =
+                self.rt
+                    .block_on(self.client.raw(method.clone(), path, payload, if_match))?;
+            if status < 300 {
+                return Ok(Value::String(text));
             }
-            None => Bytes::new(),
-        };
-        let req = b
-            .body(Full::new(payload))
-            .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
-        let transport = |message: String| CliError::Transport {
-            url: url.clone(),
-            message,
-        };
-        let (status, text) = self.rt.block_on(async {
-            let fut = async {
-                let resp = self
-                    .http
-                    .request(req)
-                    .await
-                    .map_err(|e| transport(error_chain(&e)))?;
-                let status = resp.status().as_u16();
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| transport(e.to_string()))?
-                    .to_bytes();
-                Ok::<_, CliError>((status, String::from_utf8_lossy(&body).into_owned()))
-            };
-            tokio::time::timeout(Duration::from_secs(30), fut)
-                .await
-                .map_err(|_| transport("timed out after 30 s".into()))?
-        })?;
-        if raw && status < 300 {
-            return Ok(Value::String(text));
         }
-        let v: Value = serde_json::from_str(&text).map_err(|e| CliError::Decode {
-            url: url.clone(),
-            message: format!("HTTP {status}, not JSON ({e}): {}", text.trim()),
-        })?;
-        if status >= 300 {
-            return Err(CliError::Server {
-                status,
-                message: v["error"].as_str().unwrap_or("error").to_string(),
-                details: v["details"].as_array().cloned().unwrap_or_default(),
-            });
-        }
-        Ok(v)
+        self.rt
+            .block_on(self.client.send(method, path, body, if_match))
     }
-}
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
+    /// Runs a typed call of the client.
+    fn typed<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, CliError>>,
+    ) -> Result<T, CliError> {
+        self.rt.block_on(f)
     }
-    s
 }
 
 /// Runs an admin command; prints its result and returns the exit code.
@@ -351,7 +285,16 @@ pub fn parse_weights(specs: &[String]) -> Result<BTreeMap<String, f64>, CliError
 fn execute(cmd: &AdminCommand) -> Result<String, CliError> {
     let conn = conn_of(cmd);
     let api = Api::new(conn)?;
-    let as_json = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    fn as_json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    }
+    let change = |c: ChangeResult| -> Result<String, CliError> {
+        Ok(if conn.json {
+            as_json(&c)
+        } else {
+            show_change(&c)
+        })
+    };
     match cmd {
         AdminCommand::Table { toml, .. } => {
             if *toml {
@@ -372,42 +315,24 @@ fn execute(cmd: &AdminCommand) -> Result<String, CliError> {
             if_match,
             ..
         } => {
-            let split = parse_weights(weights)?;
-            let body = json!({ "split": split, "reason": reason });
-            let path = format!("/v1/routes/{route}");
-            let v = api.call_raw("PATCH", &path, Some(&body), *if_match, false)?;
-            Ok(if conn.json {
-                as_json(&v)
-            } else {
-                show_change(&v)
-            })
+            let patch = RoutePatchBody {
+                split: Some(parse_weights(weights)?),
+                reason: reason.clone(),
+                ..Default::default()
+            };
+            change(api.typed(api.client.patch_route(route, &patch, *if_match))?)
         }
         AdminCommand::Rollback { route, reason, .. } => {
-            let v = api.call(
-                "POST",
-                &format!("/v1/routes/{route}/rollback"),
-                Some(&json!({ "reason": reason })),
-            )?;
-            Ok(if conn.json {
-                as_json(&v)
-            } else {
-                show_change(&v)
-            })
+            change(api.typed(api.client.rollback(route, reason))?)
         }
         AdminCommand::Revert {
             version, reason, ..
-        } => {
-            let v = api.call(
-                "POST",
-                "/v1/revert",
-                Some(&json!({ "to": version, "reason": reason })),
-            )?;
-            Ok(if conn.json {
-                as_json(&v)
-            } else {
-                show_change(&v)
-            })
-        }
+        } => change(api.typed(api.client.send(
+            http::Method::POST,
+            "/v1/revert",
+            Some(&json!({ "to": version, "reason": reason })),
+            None,
+        ))?),
         AdminCommand::History { version, limit, .. } => match version {
             Some(n) => {
                 let v = api.call("GET", &format!("/v1/history/{n}"), None)?;
@@ -446,41 +371,50 @@ fn execute(cmd: &AdminCommand) -> Result<String, CliError> {
             routes,
             max_ms,
             reason,
+            on_expiry,
+            max_queued,
+            max_queued_bytes,
             ..
         } => {
-            let v = api.call(
-                "POST",
-                "/v1/hold",
-                Some(&json!({ "routes": routes, "max_ms": max_ms, "reason": reason })),
-            )?;
+            let req = HoldRequest {
+                routes: routes.clone(),
+                max_ms: *max_ms,
+                reason: reason.clone(),
+                on_expiry: *on_expiry,
+                max_queued: *max_queued,
+                max_queued_bytes: *max_queued_bytes,
+            };
+            let r = api.typed(api.client.hold(&req))?;
             Ok(if conn.json {
-                as_json(&v)
+                as_json(&r)
             } else {
                 format!(
-                    "holding {} for at most {} ms (switchyard release to end it)",
-                    list(&v["held"]),
-                    v["max_ms"]
+                    "holding {} for at most {} ms (switchyard release to end it)\n{}",
+                    r.held.iter().cloned().collect::<Vec<_>>().join(" "),
+                    r.max_ms,
+                    hold_line(&r.hold)
                 )
             })
         }
         AdminCommand::Release { .. } => {
-            let v = api.call("POST", "/v1/release", None)?;
+            let r = api.typed(api.client.release())?;
             Ok(if conn.json {
-                as_json(&v)
-            } else if v["released"].as_array().is_some_and(|a| !a.is_empty()) {
-                format!("released {}", list(&v["released"]))
+                as_json(&r)
+            } else if !r.released.is_empty() {
+                format!(
+                    "released {}",
+                    r.released.iter().cloned().collect::<Vec<_>>().join(" ")
+                )
             } else {
                 "no hold was in force".into()
             })
         }
-        AdminCommand::Adopt { reason, .. } => {
-            let v = api.call("POST", "/v1/adopt", Some(&json!({ "reason": reason })))?;
-            Ok(if conn.json {
-                as_json(&v)
-            } else {
-                show_change(&v)
-            })
-        }
+        AdminCommand::Adopt { reason, .. } => change(api.typed(api.client.send(
+            http::Method::POST,
+            "/v1/adopt",
+            Some(&json!({ "reason": reason })),
+            None,
+        ))?),
         AdminCommand::Upstreams { .. } => {
             let v = api.call("GET", "/v1/upstreams", None)?;
             Ok(if conn.json {
@@ -490,7 +424,7 @@ fn execute(cmd: &AdminCommand) -> Result<String, CliError> {
             })
         }
         AdminCommand::Inflight { .. } => {
-            let v = api.call("GET", "/v1/inflight", None)?;
+            let v = api.typed(api.client.inflight())?;
             Ok(if conn.json {
                 as_json(&v)
             } else {
@@ -627,20 +561,10 @@ fn show_table(v: &Value) -> String {
     out
 }
 
-fn show_change(v: &Value) -> String {
-    let changes: Summary = serde_json::from_value(v["changes"].clone()).unwrap_or_default();
-    let mut out = format!(
-        "version {} ({} by {})\n",
-        s(&v["version"]),
-        s(&v["action"]),
-        s(&v["actor"])
-    );
-    out.push_str(&diff_lines(&changes));
-    for w in v["warnings"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
-    {
+fn show_change(c: &ChangeResult) -> String {
+    let mut out = format!("version {} ({} by {})\n", c.version, c.action, c.actor);
+    out.push_str(&diff_lines(&c.changes));
+    for w in &c.warnings {
         out.push_str(&format!("{}\n", detail_line(w)));
     }
     out
@@ -781,24 +705,37 @@ fn show_upstreams(v: &Value) -> String {
     columns(&["UPSTREAM", "STATE", "ADDRS", "ROUTES"], &rows)
 }
 
-fn show_inflight(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v["routes"]
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(id, c)| vec![id.clone(), s(&c["inflight"]), s(&c["queued"])])
-                .collect()
-        })
-        .unwrap_or_default();
+fn show_inflight(v: &InflightView) -> String {
+    let rows: Vec<Vec<String>> = v
+        .routes
+        .iter()
+        .map(|(id, c)| vec![id.clone(), c.inflight.to_string(), c.queued.to_string()])
+        .collect();
     let mut out = columns(&["ROUTE", "INFLIGHT", "QUEUED"], &rows);
-    if !v["hold"].is_null() {
-        out.push_str(&format!(
-            "hold: {} for {} ms more\n",
-            list(&v["hold"]["routes"]),
-            s(&v["hold"]["remaining_ms"])
-        ));
+    if let Some(h) = &v.hold {
+        out.push_str(&hold_line(h));
     }
     out
+}
+
+/// The hold in force, one line.
+fn hold_line(h: &HoldView) -> String {
+    let routes = h.routes.iter().cloned().collect::<Vec<_>>().join(" ");
+    if h.expired {
+        format!("hold: {routes}: deadline passed, refusing requests (503) until release\n")
+    } else {
+        format!(
+            "hold: {routes} for {} ms more, then {} (queue cap {} requests, {} bytes; {} refused)\n",
+            h.remaining_ms,
+            match h.on_expiry {
+                OnExpiry::Proceed => "proceed",
+                OnExpiry::Reject => "refuse with 503",
+            },
+            h.max_queued,
+            h.max_queued_bytes,
+            h.overflowed
+        )
+    }
 }
 
 #[cfg(test)]

@@ -64,3 +64,19 @@ pub fn check(args: &CheckArgs) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+/// Where switchyard's command-line tools keep their own state (the database cutover's journal,
+/// plan progress): $SWITCHYARD_STATE_DIR, else $XDG_STATE_HOME/switchyard, else
+/// ~/.local/state/switchyard, else ./switchyard-state when there is no home directory.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SWITCHYARD_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("switchyard");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/state/switchyard"),
+        None => PathBuf::from("switchyard-state"),
+    }
+}

@@ -1,11 +1,12 @@
-//! The control plane's AWS half: subcommands that show, make, wait for and undo the outside
-//! changes of a migration (CloudFront behaviors, API Gateway stages, Route53 weights, CloudWatch
-//! gates). One file per outside system; [`aws`] holds what they share.
+//! The control plane: subcommands that show, make, wait for and undo the outside changes of a
+//! migration (CloudFront behaviors, API Gateway stages, Route53 weights, CloudWatch gates, the
+//! database cutover). One module per outside system; [`aws`] holds what the AWS ones share.
 
 pub mod apigateway;
 pub mod aws;
 pub mod cloudfront;
 pub mod cloudwatch;
+pub mod db;
 pub mod dns;
 
 use std::io::Write;
@@ -24,6 +25,8 @@ pub enum ControlCommand {
     Dns(dns::Args),
     /// CloudWatch metrics: query a window, gate on an error rate, publish proxy counters.
     Metrics(cloudwatch::Args),
+    /// MySQL/MariaDB: status, preflight, GTID replication, cutover under a proxy hold, rollback.
+    Db(db::Args),
 }
 
 /// Runs one AWS subcommand to completion. Failures are printed here, as one line on stderr,
@@ -57,6 +60,7 @@ pub async fn execute(cmd: ControlCommand) -> Result<Output, String> {
         ControlCommand::Apigw(a) => apigateway::run(a).await.map_err(|e| e.to_string()),
         ControlCommand::Dns(a) => dns::run(a).await.map_err(|e| e.to_string()),
         ControlCommand::Metrics(a) => cloudwatch::run(a).await.map_err(|e| e.to_string()),
+        ControlCommand::Db(a) => db::run(a).await.map_err(|e| e.to_string()),
     }
 }
 

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// `switchyard_access_log_dropped_total`: lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// `switchyard_rejected_total{reason}`: requests answered by switchyard itself before any
+    /// upstream saw them (`hold_queue_full`, `hold_expired`).
+    pub rejected: IntCounterVec,
     /// `switchyard_upstream_attempts_total{route,upstream,outcome}`: every attempt at an
     /// upstream, whoever finally answered the client; `outcome` is one of [`ATTEMPT_OUTCOMES`].
     /// Plan gates judge a backend by these, not by what the client saw after a fallback.
@@ -144,6 +147,14 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind.",
         )
         .expect("static metric definition");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "switchyard_rejected_total",
+                "Requests answered by switchyard itself before reaching an upstream, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         let attempts = IntCounterVec::new(
             Opts::new(
                 "switchyard_upstream_attempts_total",
@@ -165,7 +176,8 @@ impl Metrics {
         )
         .expect("static metric definition");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rejected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(attempts.clone()),
             Box::new(attempt_duration.clone()),
             Box::new(duration.clone()),
@@ -188,6 +200,7 @@ impl Metrics {
             ejections,
             fallbacks,
             access_log_dropped,
+            rejected,
             attempts,
             attempt_duration,
         }

@@ -154,7 +154,14 @@ async fn execute(cmd: PlanCommand) -> ExitCode {
                     for p in &problems {
                         eprintln!("error: {p}");
                     }
-                    return fail(2, format!("{}: {} error(s); nothing changed", file.display(), problems.len()));
+                    return fail(
+                        2,
+                        format!(
+                            "{}: {} error(s); nothing changed",
+                            file.display(),
+                            problems.len()
+                        ),
+                    );
                 }
             };
             let state_dir = match state_of(&at) {
@@ -292,7 +299,9 @@ async fn status(name: Option<String>, at: &Where) -> ExitCode {
             format!("{} ({} -> {})", r.route, r.from, r.to),
             r.status.clone(),
             format!("{}/{} {}", (r.step + 1).min(r.steps), r.steps, r.step_name),
-            r.weight.map(|w| format!("{w}%")).unwrap_or_else(|| "-".into()),
+            r.weight
+                .map(|w| format!("{w}%"))
+                .unwrap_or_else(|| "-".into()),
             r.bake_left_ms
                 .map(|l| crate::control::aws::human_duration(std::time::Duration::from_millis(l)))
                 .unwrap_or_else(|| "-".into()),
@@ -308,13 +317,18 @@ async fn status(name: Option<String>, at: &Where) -> ExitCode {
             },
         ]);
     }
-    for j in journals.iter().filter(|j| !plans.iter().any(|p| p.name == j.name)) {
+    for j in journals
+        .iter()
+        .filter(|j| !plans.iter().any(|p| p.name == j.name))
+    {
         rows.push(vec![
             j.name.clone(),
             "(journal only)".into(),
             j.status.as_str().into(),
             format!("{}", j.step + 1),
-            j.weight.map(|w| format!("{w}%")).unwrap_or_else(|| "-".into()),
+            j.weight
+                .map(|w| format!("{w}%"))
+                .unwrap_or_else(|| "-".into()),
             "-".into(),
             "-".into(),
             j.message.clone(),
@@ -378,7 +392,10 @@ async fn abort(name: &str, reason: Option<String>, at: &Where) -> ExitCode {
                 Err(p) => {
                     return fail(
                         2,
-                        format!("journal's plan file: {}", p.first().map(ToString::to_string).unwrap_or_default()),
+                        format!(
+                            "journal's plan file: {}",
+                            p.first().map(ToString::to_string).unwrap_or_default()
+                        ),
                     )
                 }
             };
@@ -396,13 +413,19 @@ async fn abort(name: &str, reason: Option<String>, at: &Where) -> ExitCode {
             match client.patch_route(&plan.route, &patch, None).await {
                 Ok(c) => {
                     jr.status = Status::Aborted;
-                    jr.message = format!("aborted from the journal: route {} sent back to {} (version {})", plan.route, plan.from, c.version);
+                    jr.message = format!(
+                        "aborted from the journal: route {} sent back to {} (version {})",
+                        plan.route, plan.from, c.version
+                    );
                     if let Some(d) = &dir {
                         if let Err(e) = jr.save(d) {
                             eprintln!("warning: {e}");
                         }
                     }
-                    println!("plan {name} aborted: route {} sent back to {} (version {})", plan.route, plan.from, c.version);
+                    println!(
+                        "plan {name} aborted: route {} sent back to {} (version {})",
+                        plan.route, plan.from, c.version
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(2, e),

@@ -422,20 +422,28 @@ pub fn compile(label: &str, text: &str, path: &Path) -> Result<Plan, Vec<Problem
             ),
         );
     }
-    for (k, v) in [("route", &file.route), ("to", &file.to), ("from", &file.from)] {
+    for (k, v) in [
+        ("route", &file.route),
+        ("to", &file.to),
+        ("from", &file.from),
+    ] {
         if v.trim().is_empty() {
             p.top(k, "is empty");
         }
     }
     if !file.to.is_empty() && file.to == file.from {
-        p.top("from", format!("is the same upstream as `to` ({:?})", file.to));
+        p.top(
+            "from",
+            format!("is the same upstream as `to` ({:?})", file.to),
+        );
     }
     if let Some(a) = &file.admin {
         if !(a.starts_with("http://") || a.starts_with("https://")) {
             p.top("admin", format!("{a:?} is not an http:// or https:// URL"));
         }
     }
-    let interval = duration(&mut p, &file.interval, "interval", Loc::Top).unwrap_or(DEFAULT_INTERVAL);
+    let interval =
+        duration(&mut p, &file.interval, "interval", Loc::Top).unwrap_or(DEFAULT_INTERVAL);
     if interval < Duration::from_millis(100) {
         p.top("interval", "must be at least 100ms");
     }
@@ -505,7 +513,11 @@ fn compile_gate(p: &mut Problems<'_>, i: usize, g: &GateFile, interval: Duration
             grace,
         } => {
             if !(0.0..=1.0).contains(max) {
-                at.push(p, "max", format!("{max} is not a fraction between 0 and 1 (0.02 = 2%)"));
+                at.push(
+                    p,
+                    "max",
+                    format!("{max} is not a fraction between 0 and 1 (0.02 = 2%)"),
+                );
             }
             let kind = GateKind::ErrorRate {
                 max: *max,
@@ -521,7 +533,11 @@ fn compile_gate(p: &mut Problems<'_>, i: usize, g: &GateFile, interval: Duration
             grace,
         } => {
             if !(max_ms.is_finite() && *max_ms > 0.0) {
-                at.push(p, "max_ms", format!("{max_ms} is not a positive number of milliseconds"));
+                at.push(
+                    p,
+                    "max_ms",
+                    format!("{max_ms} is not a positive number of milliseconds"),
+                );
             }
             let kind = GateKind::LatencyP99 {
                 max_ms: *max_ms,
@@ -541,19 +557,35 @@ fn compile_gate(p: &mut Problems<'_>, i: usize, g: &GateFile, interval: Duration
             grace,
         } => {
             match (api_name, function) {
-                (Some(_), Some(_)) => at.push(p, "function", "give either `api_name` or `function`, not both"),
-                (None, None) => at.push(p, "api_name", "give `api_name` (API Gateway) or `function` (Lambda)"),
+                (Some(_), Some(_)) => at.push(
+                    p,
+                    "function",
+                    "give either `api_name` or `function`, not both",
+                ),
+                (None, None) => at.push(
+                    p,
+                    "api_name",
+                    "give `api_name` (API Gateway) or `function` (Lambda)",
+                ),
                 _ => {}
             }
             if stage.is_some() && api_name.is_none() {
                 at.push(p, "stage", "needs `api_name`");
             }
             if !(0.0..=100.0).contains(max_error_rate) {
-                at.push(p, "max_error_rate", format!("{max_error_rate} is not a percentage between 0 and 100"));
+                at.push(
+                    p,
+                    "max_error_rate",
+                    format!("{max_error_rate} is not a percentage between 0 and 100"),
+                );
             }
             let w = duration(p, window, "window", at).unwrap_or(Duration::from_secs(300));
             if w.as_secs() < 60 || w.as_secs() % 60 != 0 || w.subsec_nanos() != 0 {
-                at.push(p, "window", "must be a whole number of minutes, at least 1m (CloudWatch periods)");
+                at.push(
+                    p,
+                    "window",
+                    "must be a whole number of minutes, at least 1m (CloudWatch periods)",
+                );
             }
             let kind = GateKind::CloudWatch {
                 target: Target {
@@ -578,13 +610,21 @@ fn compile_gate(p: &mut Problems<'_>, i: usize, g: &GateFile, interval: Duration
             grace,
         } => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                at.push(p, "url", format!("{url:?} is not an http:// or https:// URL"));
+                at.push(
+                    p,
+                    "url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                );
             }
             if query.trim().is_empty() {
                 at.push(p, "query", "is empty");
             }
             if max.is_none() && min.is_none() {
-                at.push(p, "max", "give `max` or `min` (or both): the figure's threshold");
+                at.push(
+                    p,
+                    "max",
+                    "give `max` or `min` (or both): the figure's threshold",
+                );
             }
             let kind = GateKind::Prometheus {
                 url: url.trim_end_matches('/').to_string(),
@@ -646,9 +686,17 @@ fn compile_step(p: &mut Problems<'_>, i: usize, s: &StepFile, interval: Duration
         "weight" => {
             let w = s.weight.unwrap_or(0.0);
             if !(0.0..=100.0).contains(&w) || !w.is_finite() {
-                at.push(p, "weight", format!("{w} is not a percentage between 0 and 100"));
+                at.push(
+                    p,
+                    "weight",
+                    format!("{w} is not a percentage between 0 and 100"),
+                );
             } else if ((w * 100.0) - (w * 100.0).round()).abs() > 1e-6 {
-                at.push(p, "weight", format!("{w} has more than two decimals (0.01% is the finest step)"));
+                at.push(
+                    p,
+                    "weight",
+                    format!("{w} has more than two decimals (0.01% is the finest step)"),
+                );
             }
             let bake = duration(p, &s.bake, "bake", at).unwrap_or(Duration::ZERO);
             if !bake.is_zero() && bake < interval {
@@ -666,7 +714,11 @@ fn compile_step(p: &mut Problems<'_>, i: usize, s: &StepFile, interval: Duration
         }
         "approve" => {
             if s.approve != Some(true) {
-                at.push(p, "approve", "must be `true` (leave the step out to skip it)");
+                at.push(
+                    p,
+                    "approve",
+                    "must be `true` (leave the step out to skip it)",
+                );
             }
             StepKind::Approve {
                 timeout: timeout.unwrap_or(DEFAULT_APPROVE_TIMEOUT),
@@ -679,7 +731,11 @@ fn compile_step(p: &mut Problems<'_>, i: usize, s: &StepFile, interval: Duration
             }
             let edge = s.edge.clone().unwrap_or_default();
             if !(edge.starts_with("http://") || edge.starts_with("https://")) {
-                at.push(p, "edge", "the old edge's admin API URL (http://...) is required");
+                at.push(
+                    p,
+                    "edge",
+                    "the old edge's admin API URL (http://...) is required",
+                );
             }
             let window = s.window.clone().unwrap_or_else(|| "48h".into());
             let _ = duration(p, &Some(window.clone()), "window", at);
@@ -757,20 +813,41 @@ mod tests {
         .unwrap_err();
         let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
         let all = all.join("\n");
-        assert!(all.contains("p.toml:7: steps[0].weight: 120 is not a percentage"), "{all}");
-        assert!(all.contains("p.toml:8: steps[0].bake: 2s is shorter than the gate interval"), "{all}");
-        assert!(all.contains("p.toml:10: steps[1].weight: -1 is not"), "{all}");
-        assert!(all.contains("steps[2].bake: does not apply to a `approve` step"), "{all}");
+        assert!(
+            all.contains("p.toml:7: steps[0].weight: 120 is not a percentage"),
+            "{all}"
+        );
+        assert!(
+            all.contains("p.toml:8: steps[0].bake: 2s is shorter than the gate interval"),
+            "{all}"
+        );
+        assert!(
+            all.contains("p.toml:10: steps[1].weight: -1 is not"),
+            "{all}"
+        );
+        assert!(
+            all.contains("steps[2].bake: does not apply to a `approve` step"),
+            "{all}"
+        );
     }
 
     #[test]
     fn unknown_keys_are_errors() {
         let errs = check(&format!("{HEAD}[[steps]]\nwieght = 5\n")).unwrap_err();
-        assert!(errs[0].message.contains("unknown field `wieght`"), "{errs:?}");
+        assert!(
+            errs[0].message.contains("unknown field `wieght`"),
+            "{errs:?}"
+        );
         assert_eq!(errs[0].at, "p.toml:7");
-        let errs = check(&format!("{HEAD}[[gates]]\nkind = \"error_rat\"\nmax = 1\n[[steps]]\nweight = 5\n")).unwrap_err();
+        let errs = check(&format!(
+            "{HEAD}[[gates]]\nkind = \"error_rat\"\nmax = 1\n[[steps]]\nweight = 5\n"
+        ))
+        .unwrap_err();
         assert!(errs[0].message.contains("error_rat"), "{errs:?}");
-        let errs = check(&format!("{HEAD}[[gates]]\nkind = \"error_rate\"\nmax = 0.1\nmaxx = 1\n[[steps]]\nweight = 5\n")).unwrap_err();
+        let errs = check(&format!(
+            "{HEAD}[[gates]]\nkind = \"error_rate\"\nmax = 0.1\nmaxx = 1\n[[steps]]\nweight = 5\n"
+        ))
+        .unwrap_err();
         assert!(errs[0].message.contains("maxx"), "{errs:?}");
     }
 
@@ -785,7 +862,10 @@ mod tests {
             StepKind::Control { dry_runnable, .. } => assert!(dry_runnable),
             k => panic!("{k:?}"),
         }
-        let errs = check(&format!("{HEAD}[[steps]]\ncontrol = [\"dns\", \"shfit\"]\n")).unwrap_err();
+        let errs = check(&format!(
+            "{HEAD}[[steps]]\ncontrol = [\"dns\", \"shfit\"]\n"
+        ))
+        .unwrap_err();
         assert_eq!(errs[0].field, "steps[0].control");
     }
 

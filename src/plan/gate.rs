@@ -370,7 +370,11 @@ impl Gates {
                     max,
                     min,
                 } => prometheus_query(url, query).await.map(|v| match v {
-                    None => (None, Verdict::Pending, "the query returned no samples".into()),
+                    None => (
+                        None,
+                        Verdict::Pending,
+                        "the query returned no samples".into(),
+                    ),
                     Some(x) => {
                         let over = max.is_some_and(|m| x > m);
                         let under = min.is_some_and(|m| x < m);
@@ -558,7 +562,9 @@ pub async fn prometheus_query(url: &str, query: &str) -> Result<Option<f64>, Gat
             resp.error.unwrap_or_else(|| resp.status.clone())
         )));
     }
-    let data = resp.data.ok_or_else(|| err("no `data` in the answer".into()))?;
+    let data = resp
+        .data
+        .ok_or_else(|| err("no `data` in the answer".into()))?;
     let text = match data.result_type.as_str() {
         "vector" => {
             let v: Vec<PromSample> = serde_json::from_value(data.result)
@@ -600,7 +606,10 @@ fn encode_query(q: &str) -> String {
 
 /// A GET through the crate's HTTP client (no admin token: this is not the admin API).
 async fn http_get(url: &str) -> Result<(u16, String), String> {
-    let (base, path) = match url.strip_prefix("http://").and_then(|r| r.find('/').map(|i| i + 7)) {
+    let (base, path) = match url
+        .strip_prefix("http://")
+        .and_then(|r| r.find('/').map(|i| i + 7))
+    {
         Some(i) => (&url[..i], &url[i..]),
         None => (url, "/"),
     };
@@ -639,7 +648,12 @@ mod tests {
         let r = Reading {
             attempts: 100.0,
             failed: 0.0,
-            buckets: vec![(0.1, 50.0), (0.5, 90.0), (1.0, 100.0), (f64::INFINITY, 100.0)],
+            buckets: vec![
+                (0.1, 50.0),
+                (0.5, 90.0),
+                (1.0, 100.0),
+                (f64::INFINITY, 100.0),
+            ],
         };
         // rank 99 is 9/10 of the way through the (0.5, 1.0] bucket.
         let p = r.quantile_ms(0.99).unwrap();
@@ -660,6 +674,9 @@ mod tests {
 
     #[test]
     fn query_encoding() {
-        assert_eq!(encode_query("sum(rate(x[5m]))"), "sum%28rate%28x%5B5m%5D%29%29");
+        assert_eq!(
+            encode_query("sum(rate(x[5m]))"),
+            "sum%28rate%28x%5B5m%5D%29%29"
+        );
     }
 }

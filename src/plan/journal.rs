@@ -118,9 +118,9 @@ impl Journal {
     pub fn load(dir: &Path, name: &str) -> Result<Option<Journal>, JournalError> {
         let p = path(dir, name);
         match std::fs::read_to_string(&p) {
-            Ok(t) => serde_json::from_str(&t)
-                .map(Some)
-                .map_err(|e| JournalError::Io(p, format!("unreadable ({e}); remove it to start over"))),
+            Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| {
+                JournalError::Io(p, format!("unreadable ({e}); remove it to start over"))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(JournalError::Io(p, e.to_string())),
         }
@@ -134,7 +134,11 @@ impl Journal {
         let mut out: Vec<Journal> = rd
             .filter_map(Result::ok)
             .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().strip_suffix(".json")?.to_string();
+                let name = e
+                    .file_name()
+                    .to_string_lossy()
+                    .strip_suffix(".json")?
+                    .to_string();
                 Journal::load(dir, &name).ok().flatten()
             })
             .collect();

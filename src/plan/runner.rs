@@ -269,7 +269,10 @@ pub async fn validate_live(plan: &Plan, client: &AdminClient) -> Result<u64, Run
 fn split_for(plan: &Plan, percent: f64) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     m.insert(plan.to.clone(), percent);
-    m.insert(plan.from.clone(), ((100.0 - percent) * 100.0).round() / 100.0);
+    m.insert(
+        plan.from.clone(),
+        ((100.0 - percent) * 100.0).round() / 100.0,
+    );
     m
 }
 
@@ -409,23 +412,25 @@ async fn drain_figure(edge: &str, host: &str, window: &str) -> Result<(u64, Stri
         .get(&format!("/v1/traffic?window={window}"))
         .await
         .map_err(|e| format!("GET {edge}/v1/traffic: {e}"))?;
-    Ok(match t.hosts.iter().find(|h| h.host.eq_ignore_ascii_case(host)) {
-        Some(h) => (
-            h.in_window,
-            h.last_seen
-                .as_ref()
-                .map(|l| format!(", last seen {l}"))
-                .unwrap_or_default(),
-        ),
-        None => (
-            0,
-            format!(
-                ", not among the {} hosts tracked",
-                t.tracked_hosts_max
-                    .map_or_else(|| "top".to_string(), |n| n.to_string())
+    Ok(
+        match t.hosts.iter().find(|h| h.host.eq_ignore_ascii_case(host)) {
+            Some(h) => (
+                h.in_window,
+                h.last_seen
+                    .as_ref()
+                    .map(|l| format!(", last seen {l}"))
+                    .unwrap_or_default(),
             ),
-        ),
-    })
+            None => (
+                0,
+                format!(
+                    ", not among the {} hosts tracked",
+                    t.tracked_hosts_max
+                        .map_or_else(|| "top".to_string(), |n| n.to_string())
+                ),
+            ),
+        },
+    )
 }
 
 /// Registers the run with the admin API, retrying a refusal for up to `wait` (a resume after
@@ -514,9 +519,8 @@ pub async fn resume(
             j.message
         )));
     }
-    let plan = super::file::load(&j.file).map_err(|p| {
-        RunError::Invalid(p.iter().map(ToString::to_string).collect())
-    })?;
+    let plan = super::file::load(&j.file)
+        .map_err(|p| RunError::Invalid(p.iter().map(ToString::to_string).collect()))?;
     if plan.digest != j.digest {
         return Err(RunError::Refused(format!(
             "{} changed since the run started; resume needs the same plan (abort it and run the new one)",
@@ -560,7 +564,11 @@ async fn start(
         bake_total_ms: None,
         bake_left_ms: None,
         gates: Vec::new(),
-        message: if resumed { "resumed".into() } else { "started".into() },
+        message: if resumed {
+            "resumed".into()
+        } else {
+            "started".into()
+        },
         lease_ms: LEASE.as_millis() as u64,
     };
     let wait = if resumed {
@@ -604,7 +612,14 @@ async fn start(
         next_gate: Instant::now(),
         last_figures: Vec::new(),
     };
-    let mut e = run.out.event(if resumed { "plan_resumed" } else { "plan_started" }, None);
+    let mut e = run.out.event(
+        if resumed {
+            "plan_resumed"
+        } else {
+            "plan_started"
+        },
+        None,
+    );
     e.message = format!(
         "route {} from {} to {}; run {}; journal {}",
         run.plan.route,
@@ -715,7 +730,8 @@ impl Run {
                 return Err(s);
             }
             let started = Instant::now();
-            self.out.emit(self.out.event("step_started", Some((i, &step.name))));
+            self.out
+                .emit(self.out.event("step_started", Some((i, &step.name))));
             let mut rx = self.view.clone();
             let result = tokio::select! {
                 r = self.step(i) => r,
@@ -750,7 +766,9 @@ impl Run {
                 self.next_gate = Instant::now() + self.plan.interval;
                 let started = self.journal.bake_started_ms.unwrap_or_else(unix_ms);
                 let end = Instant::now()
-                    + Duration::from_millis((started + bake.as_millis() as u64).saturating_sub(unix_ms()));
+                    + Duration::from_millis(
+                        (started + bake.as_millis() as u64).saturating_sub(unix_ms()),
+                    );
                 self.report.lock().bake_total_ms = Some(bake.as_millis() as u64);
                 loop {
                     let now = Instant::now();
@@ -933,17 +951,18 @@ impl Run {
                 .table()
                 .await
                 .map_err(|e| Stop::Step(format!("reading the table: {e}")))?;
-            let r = t
-                .route(&self.plan.route)
-                .ok_or_else(|| Stop::Step(format!("route {:?} is gone from the live table", self.plan.route)))?;
-            let have: BTreeMap<String, f64> = r
-                .weights
+            let r = t.route(&self.plan.route).ok_or_else(|| {
+                Stop::Step(format!(
+                    "route {:?} is gone from the live table",
+                    self.plan.route
+                ))
+            })?;
+            let have: BTreeMap<String, f64> =
+                r.weights.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let same = want
                 .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            let same = want.iter().all(|(k, v)| {
-                (have.get(k).copied().unwrap_or(0.0) - v).abs() < 0.005
-            }) && have.iter().all(|(k, v)| want.contains_key(k) || *v == 0.0);
+                .all(|(k, v)| (have.get(k).copied().unwrap_or(0.0) - v).abs() < 0.005)
+                && have.iter().all(|(k, v)| want.contains_key(k) || *v == 0.0);
             if same {
                 return Ok(());
             }
@@ -1025,7 +1044,9 @@ impl Run {
                 Ok(cmd) => match tokio::time::timeout(*timeout, crate::control::execute(cmd)).await
                 {
                     Ok(Ok(o)) if o.code == 0 => format!("`switchyard {}`: done", undo.join(" ")),
-                    Ok(Ok(o)) => format!("`switchyard {}` said no: {}", undo.join(" "), o.text.trim()),
+                    Ok(Ok(o)) => {
+                        format!("`switchyard {}` said no: {}", undo.join(" "), o.text.trim())
+                    }
                     Ok(Err(err)) => format!("`switchyard {}` failed: {err}", undo.join(" ")),
                     Err(_) => format!(
                         "`switchyard {}` did not finish within {}",
@@ -1040,8 +1061,16 @@ impl Run {
     }
 
     async fn finish(&mut self, result: Result<(), Stop>) -> Result<Outcome, RunError> {
-        let i = self.journal.step.min(self.plan.steps.len().saturating_sub(1));
-        let step_name = self.plan.steps.get(i).map(|s| s.name.clone()).unwrap_or_default();
+        let i = self
+            .journal
+            .step
+            .min(self.plan.steps.len().saturating_sub(1));
+        let step_name = self
+            .plan
+            .steps
+            .get(i)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
         let at = format!("step {}/{} ({step_name})", i + 1, self.plan.steps.len());
         let (status, outcome, event) = match result {
             Ok(()) => {
@@ -1094,12 +1123,16 @@ impl Run {
                     a.reason,
                     self.plan.route,
                     self.plan.from,
-                    a.version.map(|v| format!(" (version {v})")).unwrap_or_default()
+                    a.version
+                        .map(|v| format!(" (version {v})"))
+                        .unwrap_or_default()
                 );
                 (Status::Aborted, Outcome::Aborted(msg.clone()), msg)
             }
             Err(Stop::Lost(m)) => {
-                let msg = format!("stopped at {at}: the plan's lease was lost ({m}); nothing rolled back");
+                let msg = format!(
+                    "stopped at {at}: the plan's lease was lost ({m}); nothing rolled back"
+                );
                 (Status::Failed, Outcome::Failed(msg.clone()), msg)
             }
         };

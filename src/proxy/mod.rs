@@ -27,7 +27,7 @@ use crate::metrics::{code_class, AttemptOutcome, PairStats, METRICS};
 use crate::routing::table::{HostHeader, RouteTable};
 use crate::routing::TableStore;
 use decide::{AttemptError, BodyState, FallbackReason, NextStep, Order, Steering};
-use hold::HOLDS;
+use hold::{Verdict, HOLDS};
 
 /// Header naming the upstream that answered (request header name for overrides by default).
 pub const UPSTREAM_HEADER: &str = "x-switchyard-upstream";
@@ -163,6 +163,55 @@ async fn respond(session: &mut Session, status: u16, body: Bytes, keepalive: boo
     }
 }
 
+/// What a held request keeps queued: its head (about) and its declared body.
+fn held_bytes(req: &RequestHeader) -> u64 {
+    let head: usize = req.uri.to_string().len()
+        + req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    let body = req
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    head as u64 + body
+}
+
+/// Answers 503 with `Retry-After` for a request a hold refused (queue full, or a `reject`
+/// hold past its deadline); the connection is closed, since the request body was not read.
+async fn refuse_held(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    route: &str,
+    v: Verdict,
+) -> Result<bool> {
+    ctx.status = 503;
+    let (reason, msg) = match v {
+        Verdict::QueueFull => (
+            "hold_queue_full",
+            "requests for this route are held and the hold's queue is full; retry",
+        ),
+        _ => (
+            "hold_expired",
+            "requests for this route are held past the hold's deadline until it is released; retry",
+        ),
+    };
+    METRICS.rejected.with_label_values(&[reason]).inc();
+    let body = json_error(msg, Some(route));
+    let mut resp = ResponseHeader::build(503, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::RETRY_AFTER, hold::RETRY_AFTER_SECS.to_string())?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, body)
+        .await?;
+    Ok(true)
+}
+
 /// Answers 404 for a request no route matches (keeping the connection); `Ok(true)` = handled.
 async fn no_route(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     ctx.status = 404;
@@ -238,7 +287,11 @@ impl ProxyHttp for Proxy {
             return no_route(session, ctx).await;
         };
         let table = ctx.table()?.clone();
-        let waited = HOLDS.wait(&table.routes[ri].id).await;
+        let held_bytes = || held_bytes(session.req_header());
+        let waited = match HOLDS.wait(&table.routes[ri].id, held_bytes).await {
+            Verdict::Proceed(w) => w,
+            refused => return refuse_held(session, ctx, &table.routes[ri].id, refused).await,
+        };
         if !waited.is_zero() {
             // Held: proceed on the table that is current now, not the one we started with.
             self.route_request(session, ctx, self.store.load());

@@ -271,7 +271,7 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
                 sticky,
                 retry_non_idempotent: r.retry_non_idempotent,
                 retry_buffer_bytes,
-                inflight: crate::proxy::hold::inflight(&r.id),
+                inflight: super::inflight::counter(&r.id),
                 stats: (0..upstreams.len()).map(|_| OnceLock::new()).collect(),
             };
             // Only an earlier route whose literal prefix starts this one's can cover it: the

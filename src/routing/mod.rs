@@ -2,6 +2,7 @@
 //! that swaps tables atomically.
 
 pub mod compile;
+pub mod inflight;
 pub mod matcher;
 pub mod pattern;
 pub mod split;

@@ -416,7 +416,10 @@ async fn dashboard_shows_a_running_plan_and_its_abort_button_rolls_back() {
         if let Ok(t) = b.cmd("GET", "/alert/text", json!({})).await {
             break t;
         }
-        assert!(Instant::now() < deadline, "the abort button opened no prompt");
+        assert!(
+            Instant::now() < deadline,
+            "the abort button opened no prompt"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
@@ -435,7 +438,10 @@ async fn dashboard_shows_a_running_plan_and_its_abort_button_rolls_back() {
     );
     assert_eq!(spread(&p, "/users/2", 20).await, (0, 20, 0));
     let h = call(&p, "GET", "/v1/history?limit=1", "").await.json();
-    assert_eq!(h["versions"][0]["reason"], "abort plan dash: from the dashboard");
+    assert_eq!(
+        h["versions"][0]["reason"],
+        "abort plan dash: from the dashboard"
+    );
     b.wait_text(&format!("{row} td.status"), 10, "aborted", |t| {
         t.starts_with("aborted")
     })

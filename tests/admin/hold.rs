@@ -190,3 +190,131 @@ async fn inflight_counts_requests_on_the_way() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_queue_overflow_and_reject_on_expiry_answer_503_with_retry_after() {
+    let new = Origin::start("new").await;
+    let legacy = Origin::start("legacy").await;
+    let dir = routes_dir(&table(&new, &legacy, SPLIT));
+    let p = start(dir.path(), &[]).await;
+    let before =
+        new.state.requests.load(Ordering::SeqCst) + legacy.state.requests.load(Ordering::SeqCst);
+
+    // At most 3 queued: the 4th and 5th are refused at once, never silently dropped.
+    let r = call(
+        &p,
+        "POST",
+        "/v1/hold",
+        r#"{"routes": ["users"], "max_ms": 30000, "max_queued": 3}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["hold"]["max_queued"], 3);
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let url = p.url(&format!("/users/{i}"));
+        waiting.push(tokio::spawn(async move {
+            send(&client(), "GET", &url, &[], "").await
+        }));
+    }
+    wait_for(10, "3 queued requests", || async {
+        users_counts(&p).await == (0, 3)
+    })
+    .await;
+    for i in 3..5 {
+        let r = send(&client(), "GET", &p.url(&format!("/users/{i}")), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.header("retry-after"), "1");
+        assert!(r.body.contains("queue is full"), "{}", r.body);
+    }
+    let hold = call(&p, "GET", "/v1/hold", "").await.json()["hold"].clone();
+    assert_eq!(hold["overflowed"], 2, "{hold}");
+    // The byte cap: a declared body over it is refused while one under it queues.
+    let r = call(
+        &p,
+        "POST",
+        "/v1/hold",
+        r#"{"routes": ["users"], "max_ms": 30000, "max_queued": 100, "max_queued_bytes": 4096}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(
+        &client(),
+        "POST",
+        &p.url("/users/big"),
+        &[],
+        vec![b'x'; 8192],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), "1");
+    let r = call(&p, "POST", "/v1/release", "").await;
+    assert_eq!(r.status, 200);
+    for w in waiting {
+        let r = w.await.unwrap().unwrap();
+        assert_eq!(
+            r.status, 200,
+            "queued requests are served after the release"
+        );
+    }
+    let after =
+        new.state.requests.load(Ordering::SeqCst) + legacy.state.requests.load(Ordering::SeqCst);
+    assert_eq!(after, before + 3, "refused requests reached an origin");
+
+    // on_expiry = reject: past the deadline, requests for the held route get 503 until a
+    // release (nobody confirmed the upstream writable), other routes are served.
+    let r = call(
+        &p,
+        "POST",
+        "/v1/hold",
+        r#"{"routes": ["users"], "max_ms": 300, "on_expiry": "reject"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = Instant::now();
+    let r = get(&p.url("/users/q")).await;
+    assert_eq!(
+        r.status, 503,
+        "a queued request at the deadline: {}",
+        r.body
+    );
+    assert!(t.elapsed() >= Duration::from_millis(280));
+    assert_eq!(r.header("retry-after"), "1");
+    let r = get(&p.url("/users/later")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("until it is released"), "{}", r.body);
+    assert_eq!(get(&p.url("/orders/1")).await.status, 200);
+    let hold = call(&p, "GET", "/v1/hold", "").await.json()["hold"].clone();
+    assert_eq!(hold["expired"], true, "{hold}");
+    let m = call(&p, "GET", "/metrics", "").await.body;
+    assert!(
+        metric(&m, "switchyard_rejected_total{reason=\"hold_expired\"}") >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "switchyard_rejected_total{reason=\"hold_queue_full\"}") >= 3.0,
+        "{m}"
+    );
+    call(&p, "POST", "/v1/release", "").await;
+    assert_eq!(get(&p.url("/users/after")).await.status, 200);
+    // Bad caps are refused.
+    let r = call(
+        &p,
+        "POST",
+        "/v1/hold",
+        r#"{"routes": ["users"], "max_ms": 100, "max_queued": 0}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = call(
+        &p,
+        "POST",
+        "/v1/hold",
+        r#"{"routes": ["users"], "max_ms": 100, "on_expiry": "explode"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}
