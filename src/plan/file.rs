@@ -580,7 +580,7 @@ fn compile_gate(p: &mut Problems<'_>, i: usize, g: &GateFile, interval: Duration
                 );
             }
             let w = duration(p, window, "window", at).unwrap_or(Duration::from_secs(300));
-            if w.as_secs() < 60 || w.as_secs() % 60 != 0 || w.subsec_nanos() != 0 {
+            if w.as_secs() < 60 || !w.as_secs().is_multiple_of(60) || w.subsec_nanos() != 0 {
                 at.push(
                     p,
                     "window",
