@@ -1115,3 +1115,157 @@ fn the_examples_pass_plan_check() {
     }
     assert!(n >= 2, "expected the plan examples in {}", dir.display());
 }
+
+/// The AWS environment of a runner against moto.
+fn moto_env(m: &str) -> [(&str, &str); 7] {
+    [
+        ("AWS_ENDPOINT_URL", m),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+    ]
+}
+
+/// Weights of the weighted A records of `name`, by set id.
+async fn dns_weights(
+    r53: &aws_sdk_route53::Client,
+    zone: &str,
+    name: &str,
+) -> std::collections::BTreeMap<String, i64> {
+    r53.list_resource_record_sets()
+        .hosted_zone_id(zone)
+        .send()
+        .await
+        .unwrap()
+        .resource_record_sets
+        .into_iter()
+        .filter(|r| r.name == name)
+        .filter_map(|r| Some((r.set_identifier?, r.weight?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_steps_run_on_moto_and_are_undone_on_rollback() {
+    use aws_sdk_route53::types::{
+        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+    };
+    let m = harness::moto();
+    let r53 = harness::route53(m);
+    let domain = format!("{}.example.com.", harness::unique("plan"));
+    let zone = r53
+        .create_hosted_zone()
+        .name(&domain)
+        .caller_reference(harness::unique("zone"))
+        .send()
+        .await
+        .unwrap()
+        .hosted_zone
+        .unwrap()
+        .id
+        .trim_start_matches("/hostedzone/")
+        .to_string();
+    let name = format!("api.{domain}");
+    let mut batch = ChangeBatch::builder();
+    for (id, w, ip) in [("old", 100, "192.0.2.1"), ("new", 0, "192.0.2.2")] {
+        batch = batch.changes(
+            Change::builder()
+                .action(ChangeAction::Create)
+                .resource_record_set(
+                    ResourceRecordSet::builder()
+                        .name(&name)
+                        .r#type(RrType::A)
+                        .set_identifier(id)
+                        .weight(w)
+                        .ttl(60)
+                        .resource_records(ResourceRecord::builder().value(ip).build().unwrap())
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        );
+    }
+    r53.change_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .change_batch(batch.build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let before = dns_weights(&r53, &zone, &name).await;
+    assert_eq!(before["old"], 100);
+
+    let new = Origin::start("new").await;
+    let legacy = Origin::start("legacy").await;
+    let dir = routes_dir(&routes(&new, &legacy));
+    let p = start(dir.path()).await;
+    let state = tempfile::tempdir().unwrap();
+    let shift = |old: u8, new: u8| {
+        format!(
+            "[\"dns\", \"--zone\", \"{zone}\", \"--name\", \"{name}\", \"shift\", \"--set\", \"old={old}\", \"--set\", \"new={new}\", \"--wait\", \"--poll-interval\", \"1s\"]"
+        )
+    };
+    let plan = plan_file(
+        dir.path(),
+        "dns-then-weight",
+        &p,
+        "1s",
+        &format!(
+            "[[gates]]\nkind = \"error_rate\"\nmax = 0.1\nmin_requests = 5\n\
+             [[steps]]\nname = \"DNS to the new edge\"\ncontrol = {}\nundo = {}\ntimeout = \"2m\"\n\
+             [[steps]]\nweight = 50\nbake = \"60s\"\n",
+            shift(0, 100),
+            shift(100, 0)
+        ),
+    );
+    let env = moto_env(m);
+    // --dry-run runs the command's own --dry-run: checked against Route53, nothing changed.
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--dry-run", "--json", plan.to_str().unwrap()],
+        &env,
+    );
+    let (code, err, events) = r.finish(60).await;
+    assert_eq!(code, 0, "{err}\n{events:#?}");
+    let step = events.iter().find(|e| e["step"] == 0).unwrap();
+    assert!(
+        step["message"]
+            .as_str()
+            .unwrap()
+            .contains("its --dry-run says"),
+        "{step}"
+    );
+    assert_eq!(dns_weights(&r53, &zone, &name).await, before);
+
+    // The real run: the DNS step completes, then the new backend fails its gate: the route
+    // goes back to legacy and the DNS step's undo runs.
+    new.state.set_mode(Mode::Error500);
+    let load = Load::start(&p);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &env,
+    );
+    r.wait_event(60, "the DNS step done", |e| {
+        e["event"] == "step_done" && e["step"] == 0
+    })
+    .await;
+    let moved = dns_weights(&r53, &zone, &name).await;
+    // Unless the gate already failed and the undo ran: then the events show it below.
+    if !r.events().iter().any(|e| e["event"] == "undo") {
+        assert_eq!((moved["old"], moved["new"]), (0, 100));
+    }
+    let (code, err, events) = r.finish(60).await;
+    load.stop().await;
+    assert_eq!(code, 1, "{err}\n{events:#?}");
+    assert!(err.contains("gate error_rate"), "{err}");
+    let undo = events.iter().find(|e| e["event"] == "undo").unwrap();
+    assert!(
+        undo["message"].as_str().unwrap().ends_with(": done"),
+        "{undo}"
+    );
+    assert_eq!(dns_weights(&r53, &zone, &name).await, before);
+    assert_on_legacy(&p).await;
+}
