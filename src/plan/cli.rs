@@ -310,7 +310,9 @@ async fn status(name: Option<String>, at: &Where) -> ExitCode {
             } else {
                 r.gates.iter().map(gate_line).collect::<Vec<_>>().join("; ")
             },
-            if p.lease_live {
+            if crate::admin::plans::FINISHED.contains(&r.status.as_str()) {
+                "ended".to_string()
+            } else if p.lease_live {
                 format!("live ({} ms ago)", p.reported_ms_ago)
             } else {
                 format!("gone ({} s ago)", p.reported_ms_ago / 1000)

@@ -290,9 +290,10 @@ pub async fn dry_run(plan: Plan, opts: &RunOptions) -> Result<Outcome, RunError>
     let mut gates = Gates::new(plan.gates.clone(), &plan.route, &plan.to);
     let figures = gates.evaluate(&client).await;
     for g in &figures {
-        if g.verdict == "error" || g.verdict == "fail" {
-            // switchyard's own gates have no verdict before a second reading: only outside
-            // gates (CloudWatch, Prometheus) can be unreachable here.
+        if g.verdict == "error" {
+            // A gate that cannot be evaluated now would fail the run after its grace. (A gate
+            // failing now is shown with its figure, not refused: the run would roll back at its
+            // first evaluation, which may be what the operator wants to see happen.)
             problems.push(format!("gate {}: {}", g.name, g.detail));
         }
     }
@@ -779,7 +780,9 @@ impl Run {
                     }
                     let wake = end.min(self.next_gate);
                     tokio::time::sleep_until(wake.into()).await;
-                    if Instant::now() >= self.next_gate {
+                    // A tick due at the bake's end is the final one below.
+                    let now = Instant::now();
+                    if now >= self.next_gate && now < end {
                         self.gate_tick(i, &step.name, Some(end)).await?;
                     }
                 }
@@ -863,6 +866,10 @@ impl Run {
                 }
             }
             StepKind::Control { argv, timeout, .. } => {
+                if self.journal.control_done.contains(&i) {
+                    // Done before a crash, just not yet marked as passed: never run twice.
+                    return Ok(());
+                }
                 let cmd = parse_control(&argv).map_err(Stop::Step)?;
                 let end = Instant::now() + timeout;
                 self.next_gate = Instant::now() + self.plan.interval;
