@@ -393,45 +393,58 @@ pub async fn dry_run(plan: Plan, opts: &RunOptions) -> Result<Outcome, RunError>
     }
 }
 
-/// `in_window` of `host` at the switchyard whose admin API is `edge`.
+/// The fields of `GET /v1/traffic` a drain reads.
+#[derive(Debug, Deserialize)]
+struct Traffic {
+    hosts: Vec<TrafficHost>,
+    other: Counted,
+    tracked_hosts_max: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct TrafficHost {
+    host: String,
+    in_window: u64,
+    #[serde(default)]
+    last_seen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Counted {
+    in_window: u64,
+}
+
+/// `in_window` of `host`, and a note for people. A host without a slot of its own while every
+/// slot is taken is counted in "other": its figure is then "other"'s, an upper bound, so a
+/// drain is never declared on missing evidence.
+fn drain_of(t: &Traffic, host: &str) -> (u64, String) {
+    match t.hosts.iter().find(|h| h.host.eq_ignore_ascii_case(host)) {
+        Some(h) => (
+            h.in_window,
+            h.last_seen
+                .as_ref()
+                .map(|l| format!(", last seen {l}"))
+                .unwrap_or_else(|| ", never seen".into()),
+        ),
+        None if t.hosts.len() >= t.tracked_hosts_max => (
+            t.other.in_window,
+            format!(
+                " (not among the {} hosts tracked: the figure is every untracked host's)",
+                t.tracked_hosts_max
+            ),
+        ),
+        None => (0, ", never seen".into()),
+    }
+}
+
+/// The drain figure of `host` at the switchyard whose admin API is `edge`.
 async fn drain_figure(edge: &str, host: &str, window: &str) -> Result<(u64, String), String> {
-    #[derive(Deserialize)]
-    struct Traffic {
-        hosts: Vec<TrafficHost>,
-        #[serde(default)]
-        tracked_hosts_max: Option<u64>,
-    }
-    #[derive(Deserialize)]
-    struct TrafficHost {
-        host: String,
-        in_window: u64,
-        #[serde(default)]
-        last_seen: Option<String>,
-    }
     let c = AdminClient::new(edge).map_err(|e| e.to_string())?;
     let t: Traffic = c
         .get(&format!("/v1/traffic?window={window}"))
         .await
         .map_err(|e| format!("GET {edge}/v1/traffic: {e}"))?;
-    Ok(
-        match t.hosts.iter().find(|h| h.host.eq_ignore_ascii_case(host)) {
-            Some(h) => (
-                h.in_window,
-                h.last_seen
-                    .as_ref()
-                    .map(|l| format!(", last seen {l}"))
-                    .unwrap_or_default(),
-            ),
-            None => (
-                0,
-                format!(
-                    ", not among the {} hosts tracked",
-                    t.tracked_hosts_max
-                        .map_or_else(|| "top".to_string(), |n| n.to_string())
-                ),
-            ),
-        },
-    )
+    Ok(drain_of(&t, host))
 }
 
 /// Registers the run with the admin API, retrying a refusal for up to `wait` (a resume after
@@ -1187,5 +1200,52 @@ async fn watch_stop(rx: &mut watch::Receiver<Option<PlanView>>) -> Stop {
             // The heartbeat ended: never stop on that alone.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `GET /v1/traffic` as the charts branch serves it (`metrics::traffic::TrafficView`).
+    const TRAFFIC: &str = r#"{"window_ms":172800000,"hosts":[
+        {"host":"busy.example.com","requests":90,"in_window":40,"last_seen":"2026-11-30T03:00:00Z",
+         "last_seen_ms_ago":1200,"per_minute":[1,2],"tracked_since":"2026-11-30T02:00:00Z"},
+        {"host":"quiet.example.com","requests":5,"in_window":0,"last_seen":"2026-11-27T03:00:00Z",
+         "last_seen_ms_ago":259200000,"per_minute":[0],"tracked_since":"2026-11-26T02:00:00Z"}],
+        "other":{"requests":7,"in_window":3,"last_seen":null,"last_seen_ms_ago":null,"per_minute":[],
+         "tracked_since":"2026-11-26T02:00:00Z"},"tracked_hosts_max":128}"#;
+
+    #[test]
+    fn drain_figures() {
+        let t: Traffic = serde_json::from_str(TRAFFIC).unwrap();
+        assert_eq!(drain_of(&t, "busy.example.com").0, 40);
+        assert_eq!(drain_of(&t, "Quiet.Example.com").0, 0);
+        assert_eq!(drain_of(&t, "never.example.com").0, 0);
+        let mut full: Traffic = serde_json::from_str(TRAFFIC).unwrap();
+        full.tracked_hosts_max = 2;
+        // Every slot taken: an untracked host may be inside "other".
+        assert_eq!(drain_of(&full, "never.example.com").0, 3);
+    }
+
+    #[test]
+    fn splits_and_event_lines() {
+        let plan = crate::plan::file::compile(
+            "p.toml",
+            "name = \"p\"\nroute = \"r\"\nto = \"new\"\nfrom = \"old\"\n[[steps]]\nweight = 12.5\n",
+            std::path::Path::new("p.toml"),
+        )
+        .unwrap();
+        let s = split_for(&plan, 12.5);
+        assert_eq!((s["new"], s["old"]), (12.5, 87.5));
+        let g = GateFigure {
+            name: "error_rate".into(),
+            figure: Some(0.25),
+            threshold: 0.02,
+            unit: "ratio".into(),
+            verdict: "fail".into(),
+            detail: String::new(),
+        };
+        assert_eq!(gate_line(&g), "error_rate 0.2500 (limit 0.02) fail");
     }
 }
