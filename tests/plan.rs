@@ -498,6 +498,7 @@ async fn abort_from_another_process_rolls_back_during_a_bake() {
         .await;
     assert_eq!(users_weights(&p).await["new"], 50.0);
     let other = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
     let a = run(
         other.path(),
         &[
@@ -517,6 +518,10 @@ async fn abort_from_another_process_rolls_back_during_a_bake() {
         a.stdout.contains("route users sent back to legacy"),
         "{}",
         a.stdout
+    );
+    eprintln!(
+        "`plan abort` (a process) returned {:?} after it started, the route rolled back",
+        t0.elapsed()
     );
     assert_on_legacy(&p).await;
     let h = history(&p).await;
