@@ -76,6 +76,9 @@ fn main() {
                 if let Some(ms) = e["duration_ms"].as_f64() {
                     steps.entry(step.clone()).or_default().push(ms);
                 }
+                if step == "reverse" && i < 3 {
+                    println!("reverse {i}: {}", e["detail"].as_str().unwrap_or(""));
+                }
                 if step == "release" {
                     pause.push(e["pause_ms"].as_f64().unwrap_or(0.0));
                 }

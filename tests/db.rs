@@ -487,8 +487,9 @@ async fn kill9_after_each_step_then_resume_converges() {
         "final_position",
         "wait_target",
         "promote",
-        "reverse",
         "switch",
+        "release",
+        "reverse",
     ];
     let mut outcomes = BTreeMap::new();
     for step in steps {

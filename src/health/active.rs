@@ -246,7 +246,7 @@ async fn probe(t: &Target, addr: &str, connector: &Connector) -> Result<(), Stri
     let h = &t.health;
     let limit = Duration::from_millis(h.timeout_ms);
     let check = async {
-        let sock = crate::proxy::resolve::resolve(addr)
+        let sock = crate::routing::resolve::resolve(addr)
             .await
             .map_err(|e| e.to_string())?;
         let mut peer = HttpPeer::new(sock, t.tls, t.sni.clone());

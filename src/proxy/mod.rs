@@ -9,7 +9,6 @@
 pub mod decide;
 pub mod hold;
 pub mod log;
-pub mod resolve;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
@@ -373,7 +372,7 @@ impl ProxyHttp for Proxy {
         let up = &table.upstreams[u];
         let addr = match up.next_addr() {
             (_, Some(literal)) => literal,
-            (name, None) => resolve::resolve(name).await?,
+            (name, None) => crate::routing::resolve::resolve(name).await?,
         };
         let sni = if up.tls {
             up.sni.clone()

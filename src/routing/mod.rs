@@ -5,6 +5,7 @@ pub mod compile;
 pub mod inflight;
 pub mod matcher;
 pub mod pattern;
+pub mod resolve;
 pub mod split;
 pub mod store;
 pub mod table;

@@ -158,6 +158,8 @@ struct Run {
     admin: AdminClient,
     printer: Printer,
     pause_start: Option<Instant>,
+    /// Started by `--resume`: steps probe what is already done instead of assuming.
+    resumed: bool,
     args: Args,
 }
 
@@ -174,18 +176,8 @@ pub struct Report {
 /// (nothing changed on either server, routes unchanged), 2 could not run (the message says
 /// exactly where it stopped).
 pub async fn run(args: Args, dir: Direction) -> Result<Output, DbError> {
-    let printer = Printer {
-        json: args.servers.json,
-    };
-    let report = if args.resume {
-        resume(args, dir, printer).await?
-    } else {
-        fresh(args, dir, printer).await?
-    };
-    let code = match report.outcome {
-        "done" | "dry_run" | "nothing_to_resume" => 0,
-        _ => 1,
-    };
+    let report = execute(args, dir).await?;
+    let code = if report.succeeded() { 0 } else { 1 };
     if code != 0 {
         eprintln!("{}", report.message);
     } else if !report.message.is_empty() {
@@ -195,6 +187,27 @@ pub async fn run(args: Args, dir: Direction) -> Result<Output, DbError> {
         text: String::new(),
         code,
     })
+}
+
+/// Runs a cutover (or its `--resume`/`--dry-run`) to the end, printing its events, and returns
+/// the final word; what `switchyard db cutover` and a plan's `db_cutover` step both call.
+pub async fn execute(args: Args, dir: Direction) -> Result<Report, DbError> {
+    let printer = Printer {
+        json: args.servers.json,
+    };
+    if args.resume {
+        resume(args, dir, printer).await
+    } else {
+        fresh(args, dir, printer).await
+    }
+}
+
+impl Report {
+    /// Done (or a dry run, or nothing to resume): exit 0. Refused, aborted, or done without
+    /// reverse replication: exit 1.
+    pub fn succeeded(&self) -> bool {
+        matches!(self.outcome, "done" | "dry_run" | "nothing_to_resume")
+    }
 }
 
 /// Parses `ROUTE=UPSTREAM` pairs.
@@ -325,6 +338,7 @@ async fn fresh(args: Args, dir: Direction, printer: Printer) -> Result<Report, D
         admin,
         printer,
         pause_start: None,
+        resumed: false,
         args,
     };
     run.go().await
@@ -517,24 +531,6 @@ impl Run {
         self.journal.end("ok");
         self.event(Step::Promote, "ok", t0, d);
 
-        let mut reverse_error = None;
-        if self.journal.reverse {
-            let t0 = self.begin(Step::Reverse).await?;
-            match self.reverse().await {
-                Ok(d) => {
-                    self.journal.end("ok");
-                    self.event(Step::Reverse, "ok", t0, d);
-                }
-                Err(e) => {
-                    // The old primary stays read-only: nothing is writable twice. The switch
-                    // goes on; the operator fixes replication afterwards.
-                    self.journal.end("failed");
-                    self.event(Step::Reverse, "failed", t0, e.to_string());
-                    reverse_error = Some(e.to_string());
-                }
-            }
-        }
-
         let t0 = self.begin(Step::Switch).await?;
         let d = self.switch().await.map_err(|e| {
             DbError::Usage(format!(
@@ -558,6 +554,28 @@ impl Run {
         self.journal.end("ok");
         self.event(Step::Release, "ok", t0, "released".into());
         self.unlock_accounts().await;
+
+        // After the release: CHANGE MASTER and START SLAVE cost MariaDB 50-120 ms (relay log
+        // files, gtid_slave_pos), which the held requests need not wait for. Nothing is lost by
+        // the order: the old primary stands exactly at the final position, and GTID
+        // auto-positioning fetches everything the new primary wrote since from its binlog.
+        let mut reverse_error = None;
+        if self.journal.reverse {
+            let t0 = self.begin(Step::Reverse).await?;
+            match self.reverse().await {
+                Ok(d) => {
+                    self.journal.end("ok");
+                    self.event(Step::Reverse, "ok", t0, d);
+                }
+                Err(e) => {
+                    // The old primary stays read-only: nothing is writable twice. The
+                    // operator fixes replication afterwards.
+                    self.journal.end("failed");
+                    self.event(Step::Reverse, "failed", t0, e.to_string());
+                    reverse_error = Some(e.to_string());
+                }
+            }
+        }
 
         if self.journal.reverse && reverse_error.is_none() {
             let t0 = Instant::now();
@@ -927,22 +945,31 @@ impl Run {
     async fn promote(&mut self) -> Result<String, DbError> {
         let f = self.to.flavor;
         let rds = self.to.rds;
-        if self.to.replica().await?.is_some() {
-            self.to.exec(f.stop_replica(rds)).await?;
-            self.to.exec(f.reset_replica(rds)).await?;
+        let mut ran = Vec::new();
+        // A fresh run knows the target is a replica (the preflight said so); a resumed one
+        // looks, since a killed run may have stopped and reset it already.
+        if !self.resumed || self.to.replica().await?.is_some() {
+            for sql in [f.stop_replica(rds), f.reset_replica(rds)] {
+                let t0 = Instant::now();
+                self.to.exec(sql).await?;
+                ran.push(format!(
+                    "{sql} ({:.1} ms)",
+                    t0.elapsed().as_secs_f64() * 1000.0
+                ));
+            }
         }
         for sql in f.unfence() {
+            let t0 = Instant::now();
             self.to.exec(sql).await?;
-        }
-        if self.to.fenced().await? {
-            return Err(DbError::Usage(format!(
-                "{} is still read-only after promotion",
-                self.to_ep.address()
-            )));
+            ran.push(format!(
+                "{sql} ({:.1} ms)",
+                t0.elapsed().as_secs_f64() * 1000.0
+            ));
         }
         Ok(format!(
-            "{} is writable, replication stopped",
-            self.to_ep.address()
+            "{} is writable, replication stopped: {}",
+            self.to_ep.address(),
+            ran.join("; ")
         ))
     }
 
@@ -958,16 +985,31 @@ impl Run {
             Some(a) => parse_address(a)?,
             None => (self.to_ep.host.clone(), self.to_ep.port),
         };
-        let to_id: u64 = self.to.one("SELECT @@GLOBAL.server_id").await?.unwrap_or(0);
-        if let Some(r) = self.from.replica().await? {
-            if r.source_server_id == Some(to_id) && r.running() {
-                return Ok("already replicating".into());
+        // A resumed run may find it done already; a fresh one knows the old primary is fenced
+        // (checked just before promotion).
+        if self.resumed {
+            let to_id: u64 = self.to.one("SELECT @@GLOBAL.server_id").await?.unwrap_or(0);
+            if let Some(r) = self.from.replica().await? {
+                if r.source_server_id == Some(to_id) && r.running() {
+                    return Ok("already replicating".into());
+                }
             }
         }
-        replicate::point_at(&mut self.from, &host, port, &user, &password, true).await?;
+        let known_fresh = !self.resumed && self.from.replica().await?.is_none();
+        let ran = replicate::point_at(
+            &mut self.from,
+            &host,
+            port,
+            &user,
+            &password,
+            true,
+            known_fresh,
+        )
+        .await?;
         Ok(format!(
-            "{} replicates from {host}:{port}, read-only",
-            self.from_ep.address()
+            "{} replicates from {host}:{port}, read-only: {}",
+            self.from_ep.address(),
+            ran.join("; ")
         ))
     }
 
@@ -1031,8 +1073,12 @@ impl Run {
         let mut undone = Vec::new();
         let mut problems = Vec::new();
         if self.journal.started(Step::Fence) {
-            // Sessions may have been killed mid-statement: use fresh ones.
-            match self.reconnect_both().await {
+            // The control sessions were never the ones killed; reconnect only if they broke.
+            let alive = match self.to.fenced().await {
+                Ok(_) => Ok(()),
+                Err(_) => self.reconnect_both().await,
+            };
+            match alive {
                 Err(e) => problems.push(format!("cannot reconnect to unfence: {e}")),
                 Ok(()) => match self.to.fenced().await {
                     Ok(true) => {
@@ -1058,10 +1104,6 @@ impl Run {
                 },
             }
         }
-        if !self.journal.locked_accounts.is_empty() {
-            self.unlock_accounts().await;
-            undone.push("accounts unlocked".into());
-        }
         if self.journal.started(Step::Hold) {
             match self.admin.release().await {
                 Ok(_) => undone.push("hold released, routes unchanged".into()),
@@ -1069,6 +1111,12 @@ impl Run {
                     problems.push(format!("releasing the hold: {e}; run `switchyard release`"))
                 }
             }
+        }
+        // The pause ends with the release; unlocking accounts is not part of it.
+        let pause = self.pause_ms();
+        if !self.journal.locked_accounts.is_empty() {
+            self.unlock_accounts().await;
+            undone.push("accounts unlocked".into());
         }
         self.journal.phase = Phase::Aborted;
         self.journal.abort_reason = Some(format!("{}: {why}", at.name()));
@@ -1083,7 +1131,7 @@ impl Run {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join("; "),
-            pause_ms: self.pause_ms(),
+            pause_ms: pause,
         });
         let mut msg = format!("{} aborted at {}: {why}", self.journal.direction, at.name());
         if !undone.is_empty() {
@@ -1176,6 +1224,7 @@ async fn resume(args: Args, dir: Direction, printer: Printer) -> Result<Report, 
         admin,
         printer,
         pause_start: None,
+        resumed: true,
         args,
     };
     if !forward {

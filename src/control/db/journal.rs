@@ -26,9 +26,9 @@ pub enum Step {
     FinalPosition,
     WaitTarget,
     Promote,
-    Reverse,
     Switch,
     Release,
+    Reverse,
 }
 
 impl Step {
@@ -41,9 +41,9 @@ impl Step {
         Step::FinalPosition,
         Step::WaitTarget,
         Step::Promote,
-        Step::Reverse,
         Step::Switch,
         Step::Release,
+        Step::Reverse,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,19 +62,16 @@ impl Step {
         }
     }
 
-    /// Steps whose start must be on disk before they run, because they change something
-    /// outside (or, for `preflight`, create the journal). The others (waits and reads) are
-    /// recorded with the next durable write, which keeps fsyncs out of the pause.
+    /// Steps whose start must be on disk before they run, because a recovery has to know they
+    /// may have happened: `preflight` (creates the journal), `hold` (an abort releases it),
+    /// `fence` (an abort unfences and unlocks), `promote` (the point of no return). The steps
+    /// after `promote` are redone by any recovery anyway (each idempotent), and the others only
+    /// read and wait; they are recorded with the next durable write, which keeps fsyncs out of
+    /// the pause.
     pub fn changes_state(self) -> bool {
         matches!(
             self,
-            Step::Preflight
-                | Step::Hold
-                | Step::Fence
-                | Step::Promote
-                | Step::Reverse
-                | Step::Switch
-                | Step::Release
+            Step::Preflight | Step::Hold | Step::Fence | Step::Promote
         )
     }
 

@@ -113,13 +113,15 @@ pub async fn run(
         out.refused = Some(format!("{}: {}", gap_check.figure, gap_check.detail));
         return Ok(out);
     }
-    out.statements = point_at(&mut target, &host, port, repl_user, &password, false).await?;
+    out.statements = point_at(&mut target, &host, port, repl_user, &password, false, false).await?;
     out.replica = Some(wait_running(&mut target, timeout).await?);
     Ok(out)
 }
 
 /// Makes `replica` read-only and replicate from `host:port` with GTIDs; returns the statements
-/// run (redacted). `demote`: `replica` was a primary until now.
+/// run (redacted), each with its duration. `demote`: `replica` was a primary until now.
+/// `known_fresh`: the caller knows `replica` is read-only and has no replication configured
+/// (the cutover's old primary, checked just before), so the fence and the probe are skipped.
 pub async fn point_at(
     replica: &mut Server,
     host: &str,
@@ -127,24 +129,37 @@ pub async fn point_at(
     user: &str,
     password: &str,
     demote: bool,
+    known_fresh: bool,
 ) -> Result<Vec<String>, DbError> {
     let f = replica.flavor;
     let rds = replica.rds;
     let mut ran = Vec::new();
-    // Read-only first: it must never be writable while it replicates.
-    if !rds {
-        replica.exec(f.fence()).await?;
-        ran.push(f.fence().to_string());
-    }
-    if replica.replica().await?.is_some() {
-        replica.exec(f.stop_replica(rds)).await?;
-        ran.push(f.stop_replica(rds).to_string());
+    let mut timed = |sql: String, t0: Instant| {
+        ran.push(format!(
+            "{sql} ({:.1} ms)",
+            t0.elapsed().as_secs_f64() * 1000.0
+        ));
+    };
+    if !known_fresh {
+        // Read-only first: it must never be writable while it replicates.
+        if !rds {
+            let t0 = Instant::now();
+            replica.exec(f.fence()).await?;
+            timed(f.fence().to_string(), t0);
+        }
+        if replica.replica().await?.is_some() {
+            let t0 = Instant::now();
+            replica.exec(f.stop_replica(rds)).await?;
+            timed(f.stop_replica(rds).to_string(), t0);
+        }
     }
     let change = f.change_source(rds, host, port, user, password, demote);
+    let t0 = Instant::now();
     replica.exec(&change).await?;
-    ran.push(redact(&change));
+    timed(redact(&change), t0);
+    let t0 = Instant::now();
     replica.exec(f.start_replica(rds)).await?;
-    ran.push(f.start_replica(rds).to_string());
+    timed(f.start_replica(rds).to_string(), t0);
     Ok(ran)
 }
 
