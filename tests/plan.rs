@@ -1274,3 +1274,51 @@ async fn control_steps_run_on_moto_and_are_undone_on_rollback() {
     assert_eq!(dns_weights(&r53, &zone, &name).await, before);
     assert_on_legacy(&p).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_after_the_runner_died_ends_the_run_for_good() {
+    let new = Origin::start("new").await;
+    let legacy = Origin::start("legacy").await;
+    let dir = routes_dir(&routes(&new, &legacy));
+    let p = start(dir.path()).await;
+    let state = tempfile::tempdir().unwrap();
+    let plan = plan_file(
+        dir.path(),
+        "orphan",
+        &p,
+        "500ms",
+        "[[steps]]\nweight = 30\nbake = \"60s\"\n",
+    );
+    let mut r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
+    r.wait_event(20, "the bake", |e| e["event"] == "step_started")
+        .await;
+    wait_for_weight(&p, 30.0).await;
+    r.kill9();
+    let _ = r.finish(10).await;
+    let a = run(state.path(), &["plan", "abort", "orphan"]).await;
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_on_legacy(&p).await;
+    let j: Value = serde_json::from_str(
+        &std::fs::read_to_string(state.path().join("plans/orphan.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(j["status"], "aborted");
+    let r = run(state.path(), &["plan", "resume", "orphan"]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("is aborted"), "{}", r.stderr);
+    // A new run of the same plan starts clean.
+    let again = plan_file(
+        dir.path(),
+        "orphan",
+        &p,
+        "500ms",
+        "[[steps]]\nweight = 10\nbake = \"500ms\"\n",
+    );
+    let r = run(state.path(), &["plan", "run", again.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(users_weights(&p).await["new"], 10.0);
+}

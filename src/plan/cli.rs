@@ -367,6 +367,17 @@ async fn abort(name: &str, reason: Option<String>, at: &Where) -> ExitCode {
         .await
     {
         Ok(v) => {
+            // A local journal of the same run (its runner may be dead) ends here too, so a
+            // later `plan run` is not refused as unfinished.
+            if let (Some(jr), Some(d)) = (j.as_mut(), dir.as_deref()) {
+                if !jr.status.finished() && jr.run_id == v.report.run_id {
+                    jr.status = Status::Aborted;
+                    jr.message = v.report.message.clone();
+                    if let Err(e) = jr.save(d) {
+                        eprintln!("warning: {e}");
+                    }
+                }
+            }
             if at.json {
                 println!("{}", serde_json::to_string(&v).unwrap_or_default());
             } else {

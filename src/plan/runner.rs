@@ -22,7 +22,7 @@ use super::file::{parse_control, Plan, StepKind};
 use super::gate::Gates;
 use super::journal::{Journal, JournalError, Phase, Status};
 use crate::admin::client::{AdminClient, ClientError};
-use crate::admin::types::{GateFigure, PlanAbort, PlanReport, PlanView, RoutePatchBody};
+use crate::admin::types::{GateFigure, PlanAbort, PlanReport, PlanView, RoutePatchBody, TableView};
 use crate::control::aws::human_duration;
 
 /// How often the runner reports (its heartbeat).
@@ -237,9 +237,21 @@ struct Run {
 /// once.
 pub async fn validate_live(plan: &Plan, client: &AdminClient) -> Result<u64, RunError> {
     let t = client.table().await?;
+    let errs = check_table(plan, &t);
+    if errs.is_empty() {
+        Ok(t.version)
+    } else {
+        Err(RunError::Invalid(errs))
+    }
+}
+
+/// The plan's problems with table `t`: an unknown route or upstream, or a route whose split
+/// also sends traffic to an upstream that is neither `to` nor `from` (a plan step would take
+/// that traffic away without saying so).
+fn check_table(plan: &Plan, t: &TableView) -> Vec<String> {
     let mut errs = Vec::new();
-    if t.route(&plan.route).is_none() {
-        errs.push(format!(
+    match t.route(&plan.route) {
+        None => errs.push(format!(
             "route: {:?} is not a route of the live table (routes: {})",
             plan.route,
             t.routes
@@ -247,7 +259,22 @@ pub async fn validate_live(plan: &Plan, client: &AdminClient) -> Result<u64, Run
                 .map(|r| r.id.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
+        )),
+        Some(r) => {
+            let others: Vec<String> = r
+                .weights
+                .iter()
+                .filter(|(u, w)| **u != plan.to && **u != plan.from && **w > 0.0)
+                .map(|(u, w)| format!("{u}={w}"))
+                .collect();
+            if !others.is_empty() {
+                errs.push(format!(
+                    "route: {:?} also sends traffic to {} (neither `to` nor `from`); move it first",
+                    plan.route,
+                    others.join(", ")
+                ));
+            }
+        }
     }
     let names: Vec<&str> = t.upstreams.keys().map(String::as_str).collect();
     for (k, u) in [("to", &plan.to), ("from", &plan.from)] {
@@ -258,11 +285,7 @@ pub async fn validate_live(plan: &Plan, client: &AdminClient) -> Result<u64, Run
             ));
         }
     }
-    if errs.is_empty() {
-        Ok(t.version)
-    } else {
-        Err(RunError::Invalid(errs))
-    }
+    errs
 }
 
 /// The split that puts `percent` on `to` and the rest on `from`.
@@ -592,6 +615,9 @@ async fn start(
     };
     let view = register(&client, &plan.name, &report, wait).await?;
     if let Some(a) = &view.abort {
+        journal.status = Status::Aborted;
+        journal.message = format!("aborted by {} ({})", a.actor, a.reason);
+        journal.save(&opts.state_dir)?;
         return Err(RunError::Refused(format!(
             "plan {:?} was aborted by {} ({})",
             plan.name, a.actor, a.reason
@@ -1247,5 +1273,23 @@ mod tests {
             detail: String::new(),
         };
         assert_eq!(gate_line(&g), "error_rate 0.2500 (limit 0.02) fail");
+        let table = |weights: &[(&str, f64)]| TableView {
+            routes: vec![crate::admin::types::RouteView {
+                id: "r".into(),
+                weights: weights.iter().map(|(u, w)| (u.to_string(), *w)).collect(),
+                ..Default::default()
+            }],
+            upstreams: ["new", "old", "third"]
+                .iter()
+                .map(|u| (u.to_string(), serde_json::Value::Null))
+                .collect(),
+            ..Default::default()
+        };
+        assert!(check_table(&plan, &table(&[("old", 100.0), ("third", 0.0)])).is_empty());
+        let errs = check_table(&plan, &table(&[("old", 90.0), ("third", 10.0)]));
+        assert!(
+            errs[0].contains("also sends traffic to third=10"),
+            "{errs:?}"
+        );
     }
 }
