@@ -825,13 +825,16 @@ impl Run {
                         self.gate_tick(i, &step.name, Some(end)).await?;
                     }
                 }
-                // The bake's end is a verdict point: a gate that cannot be evaluated now is no
-                // pass.
-                self.gate_tick(i, &step.name, Some(end)).await?;
-                if let Some(g) = self.last_figures.iter().find(|g| g.verdict == "error") {
-                    return Err(Stop::Gate(g.clone()));
+                // The bake's end is a verdict point. A gate that cannot be evaluated now is no
+                // pass: the bake goes on until it can be, or until its grace runs out and it
+                // fails (the deadline of this wait).
+                loop {
+                    self.gate_tick(i, &step.name, Some(end)).await?;
+                    if !self.last_figures.iter().any(|g| g.verdict == "error") {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(self.plan.interval).await;
                 }
-                Ok(())
             }
             StepKind::Approve { timeout } => {
                 self.report.lock().status = "waiting_approval".into();
