@@ -1321,6 +1321,7 @@ async fn dns_shift_waits_pending_to_insync_on_fake() {
         weight: Some(w),
         ttl: Some(60),
         values: vec![ip.into()],
+        ..Rec::default()
     };
     let f = Fake::start(State {
         zone_id: "ZFAKE".into(),
@@ -1366,6 +1367,1190 @@ async fn dns_shift_waits_pending_to_insync_on_fake() {
     let s = f.state();
     assert_eq!(s.change_batches, 1, "one change batch");
     assert!(s.records.iter().all(|r| r.weight == Some(50)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Route53 beyond weights: switch / undo, check-url, to-weighted / to-plain, failover,
+// registrar name servers
+// ---------------------------------------------------------------------------------------
+
+/// Every record set of `name`, as the SDK returns them, sorted by type and set identifier:
+/// comparing two of these compares every field.
+async fn sets(
+    r53: &aws_sdk_route53::Client,
+    zone: &str,
+    name: &str,
+) -> Vec<aws_sdk_route53::types::ResourceRecordSet> {
+    let out = r53
+        .list_resource_record_sets()
+        .hosted_zone_id(zone)
+        .send()
+        .await
+        .unwrap();
+    let mut v: Vec<_> = out
+        .resource_record_sets
+        .into_iter()
+        .filter(|r| r.name == name)
+        .collect();
+    v.sort_by_key(|r| (r.r#type.as_str().to_string(), r.set_identifier.clone()));
+    v
+}
+
+/// UPSERTs record sets (UPSERT, not CREATE: moto refuses a later CREATE identical to an
+/// earlier CREATE, which a DELETE + CREATE batch of the CLI may send).
+async fn upsert(
+    r53: &aws_sdk_route53::Client,
+    zone: &str,
+    recs: Vec<aws_sdk_route53::types::ResourceRecordSet>,
+) {
+    use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch};
+    let mut batch = ChangeBatch::builder();
+    for r in recs {
+        batch = batch.changes(
+            Change::builder()
+                .action(ChangeAction::Upsert)
+                .resource_record_set(r)
+                .build()
+                .unwrap(),
+        );
+    }
+    r53.change_resource_record_sets()
+        .hosted_zone_id(zone)
+        .change_batch(batch.build().unwrap())
+        .send()
+        .await
+        .unwrap();
+}
+
+fn plain(
+    name: &str,
+    t: aws_sdk_route53::types::RrType,
+    ttl: i64,
+    values: &[&str],
+) -> aws_sdk_route53::types::ResourceRecordSet {
+    use aws_sdk_route53::types::{ResourceRecord, ResourceRecordSet};
+    let mut b = ResourceRecordSet::builder().name(name).r#type(t).ttl(ttl);
+    for v in values {
+        b = b.resource_records(ResourceRecord::builder().value(*v).build().unwrap());
+    }
+    b.build().unwrap()
+}
+
+fn alias_a(
+    name: &str,
+    zone: &str,
+    dns: &str,
+    evaluate: bool,
+) -> aws_sdk_route53::types::ResourceRecordSet {
+    use aws_sdk_route53::types::{AliasTarget, ResourceRecordSet, RrType};
+    ResourceRecordSet::builder()
+        .name(name)
+        .r#type(RrType::A)
+        .alias_target(
+            AliasTarget::builder()
+                .hosted_zone_id(zone)
+                .dns_name(dns)
+                .evaluate_target_health(evaluate)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+fn args<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = base.to_vec();
+    a.extend_from_slice(extra);
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_switch_and_undo_cname_and_alias_on_moto() {
+    use aws_sdk_route53::types::RrType;
+    let m = moto();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let r53 = harness::route53(m);
+    let domain = format!("{}.example.com", unique("sw"));
+    let zone = create_zone(&r53, &domain).await;
+
+    // A CNAME from the old load balancer to the new one, and back.
+    let www = format!("www.{domain}.");
+    upsert(
+        &r53,
+        &zone,
+        vec![plain(&www, RrType::Cname, 300, &["old-lb.example.net"])],
+    )
+    .await;
+    let original = sets(&r53, &zone, &www).await;
+    assert_eq!(original.len(), 1);
+    let base = ["dns", "--zone", zone.as_str(), "--name", www.as_str()];
+
+    let dry = switchyard(
+        m,
+        h,
+        &args(
+            &base,
+            &[
+                "switch",
+                "--to",
+                "new-lb.example.net",
+                "--dry-run",
+                "--json",
+            ],
+        ),
+    )
+    .await;
+    let j = dry.ok().json();
+    assert_eq!(j["dry_run"], true);
+    assert_eq!(j["batch"], json!(["UPSERT CNAME -"]));
+    assert_eq!(
+        sets(&r53, &zone, &www).await,
+        original,
+        "dry run changed nothing"
+    );
+
+    let r = switchyard(
+        m,
+        h,
+        &args(&base, &["switch", "--to", "new-lb.example.net", "--json"]),
+    )
+    .await;
+    let j = r.ok().json();
+    assert_eq!(j["batch"], json!(["UPSERT CNAME -"]), "one UPSERT");
+    let now = sets(&r53, &zone, &www).await;
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].ttl, Some(300), "TTL kept");
+    assert_eq!(
+        now[0].resource_records.as_ref().unwrap()[0].value,
+        "new-lb.example.net"
+    );
+
+    let r = switchyard(m, h, &args(&base, &["undo"])).await;
+    r.ok();
+    assert_eq!(
+        sets(&r53, &zone, &www).await,
+        original,
+        "restored field by field"
+    );
+    let r = switchyard(m, h, &args(&base, &["undo"])).await;
+    r.expect_code(2);
+    assert!(r.stderr.contains("no change to undo"), "{}", r.stderr);
+
+    // Someone changes the record after the switch: undo refuses, --force restores anyway.
+    switchyard(
+        m,
+        h,
+        &args(&base, &["switch", "--to", "new-lb.example.net"]),
+    )
+    .await
+    .ok();
+    upsert(
+        &r53,
+        &zone,
+        vec![plain(&www, RrType::Cname, 60, &["third-lb.example.net"])],
+    )
+    .await;
+    let r = switchyard(m, h, &args(&base, &["undo"])).await;
+    r.expect_code(2);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("changed since") && r.stderr.contains("third-lb.example.net"),
+        "{}",
+        r.stderr
+    );
+    switchyard(m, h, &args(&base, &["undo", "--force"]))
+        .await
+        .ok();
+    assert_eq!(sets(&r53, &zone, &www).await, original);
+
+    // An alias A record from one region's ALB to the other's, EvaluateTargetHealth kept.
+    let api = format!("api.{domain}.");
+    upsert(
+        &r53,
+        &zone,
+        vec![alias_a(
+            &api,
+            "Z35SXDOTRQ7X7K",
+            "old-alb-1.us-east-1.elb.amazonaws.com.",
+            true,
+        )],
+    )
+    .await;
+    let original = sets(&r53, &zone, &api).await;
+    let base = ["dns", "--zone", zone.as_str(), "--name", api.as_str()];
+    let r = switchyard(
+        m,
+        h,
+        &args(
+            &base,
+            &[
+                "switch",
+                "--alias",
+                "dr-alb-2.eu-west-1.elb.amazonaws.com.",
+                "--alias-zone",
+                "Z32O12XQLNTSW2",
+            ],
+        ),
+    )
+    .await;
+    r.ok();
+    let now = sets(&r53, &zone, &api).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    let a = now[0].alias_target.as_ref().expect("still an alias");
+    assert_eq!(a.dns_name, "dr-alb-2.eu-west-1.elb.amazonaws.com.");
+    assert_eq!(a.hosted_zone_id, "Z32O12XQLNTSW2");
+    assert!(a.evaluate_target_health, "EvaluateTargetHealth kept");
+    assert_eq!(now[0].r#type, RrType::A);
+    assert_eq!(now[0].ttl, None);
+    // --ttl on an alias is refused before any call.
+    let r = switchyard(
+        "http://127.0.0.1:9",
+        h,
+        &args(
+            &base,
+            &[
+                "switch",
+                "--alias",
+                "x.example.net",
+                "--alias-zone",
+                "Z1",
+                "--ttl",
+                "60",
+            ],
+        ),
+    )
+    .await;
+    r.expect_code(2);
+    assert!(r.stderr.contains("alias record has no TTL"), "{}", r.stderr);
+
+    let r = switchyard(m, h, &args(&base, &["undo", "--json"])).await;
+    let j = r.ok().json();
+    assert_eq!(j["batch"], json!(["UPSERT A -"]));
+    assert_eq!(
+        sets(&r53, &zone, &api).await,
+        original,
+        "alias restored field by field"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_switch_refuses_routed_and_ambiguous_names_on_moto() {
+    use aws_sdk_route53::types::{ResourceRecordSetFailover, RrType};
+    let m = moto();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let r53 = harness::route53(m);
+    let domain = format!("{}.example.com", unique("rf"));
+    let zone = create_zone(&r53, &domain).await;
+
+    let w = format!("w.{domain}.");
+    weighted(
+        &r53,
+        &zone,
+        &w,
+        &[("old", 100, "192.0.2.1"), ("new", 0, "192.0.2.2")],
+        60,
+    )
+    .await;
+    let before = sets(&r53, &zone, &w).await;
+    let r = switchyard(
+        m,
+        h,
+        &[
+            "dns",
+            "switch",
+            "--zone",
+            &zone,
+            "--name",
+            &w,
+            "--to",
+            "192.0.2.9",
+        ],
+    )
+    .await;
+    r.expect_code(2);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("weighted records (old, new)")
+            && r.stderr.contains("switchyard dns shift"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(sets(&r53, &zone, &w).await, before);
+
+    let f = format!("f.{domain}.");
+    let mk = |id: &str, role: ResourceRecordSetFailover, ip: &str| {
+        let mut r = plain(&f, RrType::A, 60, &[ip]);
+        r.set_identifier = Some(id.into());
+        r.failover = Some(role);
+        r
+    };
+    upsert(
+        &r53,
+        &zone,
+        vec![
+            mk("home", ResourceRecordSetFailover::Primary, "192.0.2.1"),
+            mk("dr", ResourceRecordSetFailover::Secondary, "192.0.2.2"),
+        ],
+    )
+    .await;
+    let r = switchyard(
+        m,
+        h,
+        &[
+            "dns",
+            "switch",
+            "--zone",
+            &zone,
+            "--name",
+            &f,
+            "--to",
+            "192.0.2.9",
+        ],
+    )
+    .await;
+    r.expect_code(2);
+    assert!(r.stderr.contains("switchyard dns failover"), "{}", r.stderr);
+
+    let both = format!("both.{domain}.");
+    upsert(
+        &r53,
+        &zone,
+        vec![
+            plain(&both, RrType::A, 60, &["192.0.2.1"]),
+            plain(&both, RrType::Aaaa, 60, &["2001:db8::1"]),
+        ],
+    )
+    .await;
+    let before = sets(&r53, &zone, &both).await;
+    let alias = [
+        "dns",
+        "switch",
+        "--zone",
+        &zone,
+        "--name",
+        &both,
+        "--alias",
+        "lb.example.net",
+        "--alias-zone",
+        "Z35SXDOTRQ7X7K",
+    ];
+    let r = switchyard(m, h, &alias).await;
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("several record sets (A, AAAA)") && r.stderr.contains("--type"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(sets(&r53, &zone, &both).await, before);
+    // An IPv6 address says which one is meant; the A record stays, and the output says so.
+    let r = switchyard(
+        m,
+        h,
+        &[
+            "dns",
+            "switch",
+            "--zone",
+            &zone,
+            "--name",
+            &both,
+            "--to",
+            "2001:db8::2",
+            "--json",
+        ],
+    )
+    .await;
+    let j = r.ok().json();
+    assert!(
+        j["notes"].to_string().contains("the A record still points"),
+        "{j}"
+    );
+    let now = sets(&r53, &zone, &both).await;
+    assert_eq!(now[0], before[0], "A untouched");
+    assert_eq!(
+        now[1].resource_records.as_ref().unwrap()[0].value,
+        "2001:db8::2"
+    );
+}
+
+/// A loopback origin answering every request with `status`; its port and the Host headers
+/// it was sent.
+async fn origin(status: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hosts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = hosts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                while n < buf.len() {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(host) = req.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with("host:")
+                        .then(|| l[5..].trim().to_string())
+                }) {
+                    seen.lock().unwrap().push(host);
+                }
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, hosts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_switch_check_url_on_moto() {
+    use aws_sdk_route53::types::RrType;
+    let m = moto();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let r53 = harness::route53(m);
+    let domain = format!("{}.example.com", unique("ck"));
+    let zone = create_zone(&r53, &domain).await;
+    let app = format!("app.{domain}.");
+    upsert(
+        &r53,
+        &zone,
+        vec![plain(&app, RrType::A, 60, &["192.0.2.10"])],
+    )
+    .await;
+    let original = sets(&r53, &zone, &app).await;
+    let base = ["dns", "--zone", zone.as_str(), "--name", app.as_str()];
+
+    // Down: nothing listens on the port. No change.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://app.{domain}:{dead}/healthz");
+    let r = switchyard(
+        m,
+        h,
+        &args(&base, &["switch", "--to", "127.0.0.1", "--check-url", &url]),
+    )
+    .await;
+    r.expect_code(2);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--check-url") && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(sets(&r53, &zone, &app).await, original, "record unchanged");
+
+    // Up, but answering 503: no change either.
+    let (sick, _) = origin(503).await;
+    let url = format!("http://app.{domain}:{sick}/healthz");
+    let r = switchyard(
+        m,
+        h,
+        &args(&base, &["switch", "--to", "127.0.0.1", "--check-url", &url]),
+    )
+    .await;
+    r.expect_code(2);
+    assert!(r.stderr.contains("answered 503"), "{}", r.stderr);
+    assert_eq!(sets(&r53, &zone, &app).await, original, "record unchanged");
+
+    // Up: the GET goes to the new target with the URL's Host, then the switch happens.
+    let (up, hosts) = origin(200).await;
+    let url = format!("http://app.{domain}:{up}/healthz");
+    let r = switchyard(
+        m,
+        h,
+        &args(
+            &base,
+            &["switch", "--to", "127.0.0.1", "--check-url", &url, "--json"],
+        ),
+    )
+    .await;
+    let j = r.ok().json();
+    assert_eq!(j["check"][0]["status"], 200, "{j}");
+    assert_eq!(j["check"][0]["ok"], true);
+    assert_eq!(
+        hosts.lock().unwrap().as_slice(),
+        [format!("app.{domain}:{up}")],
+        "Host from the URL"
+    );
+    let now = sets(&r53, &zone, &app).await;
+    assert_eq!(
+        now[0].resource_records.as_ref().unwrap()[0].value,
+        "127.0.0.1"
+    );
+    assert_eq!(now[0].ttl, Some(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_to_weighted_shift_to_plain_and_undo_on_moto() {
+    use aws_sdk_route53::types::RrType;
+    let m = moto();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let r53 = harness::route53(m);
+    let domain = format!("{}.example.com", unique("tw"));
+    let zone = create_zone(&r53, &domain).await;
+    let api = format!("api.{domain}.");
+    upsert(
+        &r53,
+        &zone,
+        vec![plain(&api, RrType::A, 60, &["192.0.2.1"])],
+    )
+    .await;
+    let original = sets(&r53, &zone, &api).await;
+    let base = ["dns", "--zone", zone.as_str(), "--name", api.as_str()];
+
+    // A new target of another type is refused before any change.
+    let r = switchyard(
+        m,
+        h,
+        &args(&base, &["to-weighted", "--new", "new-lb.example.net"]),
+    )
+    .await;
+    r.expect_code(2);
+    assert!(r.stderr.contains("share one type"), "{}", r.stderr);
+
+    let r = switchyard(
+        m,
+        h,
+        &args(&base, &["to-weighted", "--new", "192.0.2.2", "--dry-run"]),
+    )
+    .await;
+    r.ok();
+    assert_eq!(
+        sets(&r53, &zone, &api).await,
+        original,
+        "dry run changed nothing"
+    );
+
+    let r = switchyard(
+        m,
+        h,
+        &args(&base, &["to-weighted", "--new", "192.0.2.2", "--json"]),
+    )
+    .await;
+    let j = r.ok().json();
+    assert_eq!(
+        j["batch"],
+        json!(["DELETE A -", "CREATE A old", "CREATE A new"]),
+        "one batch: the plain record's DELETE with both CREATEs"
+    );
+    assert_eq!(
+        records(&r53, &zone, &api).await,
+        [
+            (
+                "new".to_string(),
+                Some(0),
+                Some(60),
+                vec!["192.0.2.2".to_string()]
+            ),
+            (
+                "old".to_string(),
+                Some(100),
+                Some(60),
+                vec!["192.0.2.1".to_string()]
+            ),
+        ],
+        "the name resolves to the old target, now through weighted records"
+    );
+
+    switchyard(
+        m,
+        h,
+        &args(&base, &["shift", "--set", "old=0", "--set", "new=100"]),
+    )
+    .await
+    .ok();
+    let weighted_now = sets(&r53, &zone, &api).await;
+    let r = switchyard(m, h, &args(&base, &["to-plain", "--json"])).await;
+    let j = r.ok().json();
+    let batch: Vec<&str> = j["batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(batch.len(), 3, "{j}");
+    assert!(batch[..2].contains(&"DELETE A old") && batch[..2].contains(&"DELETE A new"));
+    assert_eq!(
+        batch[2], "CREATE A -",
+        "one batch: both DELETEs and the CREATE"
+    );
+    assert_eq!(
+        records(&r53, &zone, &api).await,
+        [(
+            "A".to_string(),
+            None,
+            Some(60),
+            vec!["192.0.2.2".to_string()]
+        )],
+        "the largest weight's target kept"
+    );
+
+    // undo restores the weighted records as they were before to-plain.
+    switchyard(m, h, &args(&base, &["undo"])).await.ok();
+    assert_eq!(sets(&r53, &zone, &api).await, weighted_now);
+
+    // Equal weights: which target stays is not guessed.
+    switchyard(
+        m,
+        h,
+        &args(&base, &["shift", "--set", "old=50", "--set", "new=50"]),
+    )
+    .await
+    .ok();
+    let r = switchyard(m, h, &args(&base, &["to-plain"])).await;
+    r.expect_code(2);
+    assert!(r.stderr.contains("--keep"), "{}", r.stderr);
+    let r = switchyard(m, h, &args(&base, &["to-plain", "--keep", "old"])).await;
+    r.ok();
+    assert!(
+        r.stdout.contains("new had weight 50 (50.0% of answers)"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        records(&r53, &zone, &api).await,
+        [(
+            "A".to_string(),
+            None,
+            Some(60),
+            vec!["192.0.2.1".to_string()]
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_failover_status_and_swap_on_moto() {
+    use aws_sdk_route53::types::{
+        HealthCheckConfig, HealthCheckType, ResourceRecordSetFailover, RrType,
+    };
+    let m = moto();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let r53 = harness::route53(m);
+    let domain = format!("{}.example.com", unique("fo"));
+    let zone = create_zone(&r53, &domain).await;
+    let hc = r53
+        .create_health_check()
+        .caller_reference(unique("hc"))
+        .health_check_config(
+            HealthCheckConfig::builder()
+                .r#type(HealthCheckType::Http)
+                .ip_address("192.0.2.1")
+                .port(80)
+                .resource_path("/healthz")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .health_check
+        .unwrap()
+        .id;
+    let svc = format!("service.{domain}.");
+    let mut home_site = plain(&svc, RrType::A, 60, &["192.0.2.1"]);
+    home_site.set_identifier = Some("us-east-1".into());
+    home_site.failover = Some(ResourceRecordSetFailover::Primary);
+    home_site.health_check_id = Some(hc.clone());
+    let mut dr_site = alias_a(
+        &svc,
+        "Z32O12XQLNTSW2",
+        "dr-alb.eu-west-1.elb.amazonaws.com.",
+        true,
+    );
+    dr_site.set_identifier = Some("eu-west-1".into());
+    dr_site.failover = Some(ResourceRecordSetFailover::Secondary);
+    upsert(&r53, &zone, vec![home_site, dr_site]).await;
+    let original = sets(&r53, &zone, &svc).await;
+    let base = ["dns", "--zone", zone.as_str(), "--name", svc.as_str()];
+
+    let st = switchyard(m, h, &args(&base, &["status"])).await;
+    st.ok();
+    assert!(
+        st.stdout.contains("PRIMARY") && st.stdout.contains("SECONDARY"),
+        "{}",
+        st.stdout
+    );
+    assert!(st.stdout.contains("healthy (1/1)"), "{}", st.stdout);
+    let j = switchyard(m, h, &args(&base, &["status", "--json"]))
+        .await
+        .ok()
+        .json();
+    let primary = j["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["failover"] == "PRIMARY")
+        .unwrap()
+        .clone();
+    assert_eq!(primary["set_identifier"], "us-east-1");
+    assert_eq!(primary["health"]["verdict"], "healthy");
+    assert_eq!(primary["health"]["health_check_id"], hc.as_str());
+
+    switchyard(
+        m,
+        h,
+        &args(&base, &["failover", "--to", "secondary", "--dry-run"]),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        sets(&r53, &zone, &svc).await,
+        original,
+        "dry run changed nothing"
+    );
+
+    let r = switchyard(
+        m,
+        h,
+        &args(&base, &["failover", "--to", "secondary", "--json"]),
+    )
+    .await;
+    let j = r.ok().json();
+    assert_eq!(
+        j["batch"],
+        json!([
+            "DELETE A us-east-1",
+            "DELETE A eu-west-1",
+            "CREATE A eu-west-1",
+            "CREATE A us-east-1"
+        ])
+    );
+    let now = sets(&r53, &zone, &svc).await;
+    let role = |id: &str| {
+        now.iter()
+            .find(|r| r.set_identifier.as_deref() == Some(id))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        role("eu-west-1").failover,
+        Some(ResourceRecordSetFailover::Primary)
+    );
+    assert_eq!(
+        role("us-east-1").failover,
+        Some(ResourceRecordSetFailover::Secondary)
+    );
+    // Each record keeps its target and health check.
+    assert_eq!(
+        role("us-east-1").health_check_id.as_deref(),
+        Some(hc.as_str())
+    );
+    assert!(
+        role("eu-west-1")
+            .alias_target
+            .as_ref()
+            .unwrap()
+            .evaluate_target_health
+    );
+
+    // Back: the record that was primary before switchyard's failover.
+    let r = switchyard(m, h, &args(&base, &["failover", "--to", "primary"])).await;
+    r.ok();
+    assert_eq!(
+        sets(&r53, &zone, &svc).await,
+        original,
+        "roles back, field by field"
+    );
+    let r = switchyard(m, h, &args(&base, &["failover", "--to", "primary"])).await;
+    assert!(r.ok().stdout.contains("nothing to change"), "{}", r.stdout);
+}
+
+fn domains_client(endpoint: &str) -> aws_sdk_route53domains::Client {
+    let conf = aws_sdk_route53domains::Config::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_cloudfront::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_route53domains::Client::from_conf(conf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_nameservers_from_zone_on_moto() {
+    use aws_sdk_route53domains::types::ContactDetail;
+    let m = moto();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let rd = domains_client(m);
+    let r53 = harness::route53(m);
+    let domain = format!("{}.com", unique("ns"));
+    let contact = ContactDetail::builder()
+        .first_name("Test")
+        .last_name("Owner")
+        .contact_type(aws_sdk_route53domains::types::ContactType::Person)
+        .build();
+    rd.register_domain()
+        .domain_name(&domain)
+        .duration_in_years(2)
+        .admin_contact(contact.clone())
+        .registrant_contact(contact.clone())
+        .tech_contact(contact)
+        .send()
+        .await
+        .unwrap();
+    let before: Vec<String> = rd
+        .get_domain_detail()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap()
+        .nameservers
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    // The hosted zone in the new account.
+    let zone = create_zone(&r53, &domain).await;
+    let servers = r53
+        .get_hosted_zone()
+        .id(&zone)
+        .send()
+        .await
+        .unwrap()
+        .delegation_set
+        .unwrap()
+        .name_servers;
+    assert_ne!(before, servers);
+
+    let show = switchyard(m, h, &["dns", "nameservers", "--domain", &domain, "--json"]).await;
+    assert_eq!(show.ok().json()["name_servers"], json!(before));
+
+    let base = ["dns", "nameservers", "--domain", domain.as_str()];
+    let r = switchyard(
+        m,
+        h,
+        &args(&base, &["--from-zone", &zone, "--dry-run", "--json"]),
+    )
+    .await;
+    let j = r.ok().json();
+    assert_eq!(j["after"], json!(servers));
+    let now: Vec<String> = rd
+        .get_domain_detail()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap()
+        .nameservers
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(now, before, "dry run changed nothing");
+
+    let r = switchyard(
+        m,
+        h,
+        &args(
+            &base,
+            &[
+                "--from-zone",
+                &zone,
+                "--wait",
+                "--poll-interval",
+                "100ms",
+                "--json",
+            ],
+        ),
+    )
+    .await;
+    let j = r.ok().json();
+    assert_eq!(j["status"], "SUCCESSFUL", "{j}");
+    let now: Vec<String> = rd
+        .get_domain_detail()
+        .domain_name(&domain)
+        .send()
+        .await
+        .unwrap()
+        .nameservers
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(now, servers, "read back from the registrar");
+
+    // status says when every resolver will have seen it: the 48 h parent TTL from now.
+    let st = switchyard(m, h, &["dns", "status", "--domain", &domain, "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(st["name_servers"], json!(servers));
+    assert_eq!(st["last_change"]["previous"], json!(before));
+    assert_eq!(st["last_change"]["parent_ttl"], 172_800);
+    let left = st["seconds_remaining"].as_i64().unwrap();
+    assert!((172_000..=172_800).contains(&left), "{st}");
+    let text = switchyard(m, h, &["dns", "status", "--domain", &domain]).await;
+    assert!(
+        text.ok()
+            .stdout
+            .contains("every resolver will have seen the new name servers by"),
+        "{}",
+        text.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_dry_runs_send_nothing_and_batches_are_whole_on_fake() {
+    let rec = |name: &str, id: Option<&str>, w: Option<i64>, fo: Option<&str>, ip: &str| Rec {
+        name: name.into(),
+        rtype: "A".into(),
+        set_id: id.map(str::to_string),
+        weight: w,
+        ttl: Some(60),
+        values: vec![ip.into()],
+        failover: fo.map(str::to_string),
+        // The failover records have health checks: home's passes, dr's fails everywhere.
+        health_check_id: fo.map(|_| format!("hc-{}", id.unwrap_or("-"))),
+        ..Rec::default()
+    };
+    let f = Fake::start(State {
+        zone_id: "ZFAKE".into(),
+        records: vec![
+            rec("api.example.com.", None, None, None, "192.0.2.1"),
+            rec("solo.example.com.", None, None, None, "192.0.2.1"),
+            rec(
+                "dr.example.com.",
+                Some("home"),
+                None,
+                Some("PRIMARY"),
+                "192.0.2.1",
+            ),
+            rec(
+                "dr.example.com.",
+                Some("dr"),
+                None,
+                Some("SECONDARY"),
+                "192.0.2.2",
+            ),
+        ],
+        domain: "example.com".into(),
+        domain_ns: vec!["ns-1.old-dns.net".into(), "ns-2.old-dns.net".into()],
+        domain_op_polls: 2,
+        health_checks: [
+            ("hc-home".to_string(), vec![true, true, true]),
+            ("hc-dr".to_string(), vec![false, false, false]),
+        ]
+        .into_iter()
+        .collect(),
+        ..State::default()
+    })
+    .await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let api = ["dns", "--zone", "ZFAKE", "--name", "api.example.com"];
+    let dr = ["dns", "--zone", "ZFAKE", "--name", "dr.example.com"];
+    for a in [
+        args(&api, &["switch", "--to", "192.0.2.9", "--dry-run"]),
+        args(&api, &["to-weighted", "--new", "192.0.2.2", "--dry-run"]),
+        args(&dr, &["failover", "--to", "secondary", "--dry-run"]),
+        vec![
+            "dns",
+            "nameservers",
+            "--domain",
+            "example.com",
+            "--set",
+            "ns-1.new-dns.org,ns-2.new-dns.org",
+            "--dry-run",
+        ],
+    ] {
+        let r = switchyard(&f.url, h, &a).await;
+        r.ok();
+        assert!(
+            r.stdout.contains("dry run: nothing was changed"),
+            "{}",
+            r.stdout
+        );
+    }
+    {
+        let s = f.state();
+        let changing: Vec<&String> = s
+            .log
+            .iter()
+            .filter(|l| l.starts_with("POST /2013-04-01") || l.contains("UpdateDomain"))
+            .collect();
+        assert!(changing.is_empty(), "dry runs sent {changing:?}");
+        assert!(s.batches.is_empty());
+        assert!(!h.join("state").exists(), "dry runs write no state");
+    }
+
+    // to-weighted: one batch; the fake, like Route53, refuses a plain record beside weighted
+    // ones (shown first), so only DELETE and both CREATEs together are accepted.
+    {
+        use aws_sdk_route53::types::{
+            Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+        };
+        let weighted_beside_plain = ChangeBatch::builder()
+            .changes(
+                Change::builder()
+                    .action(ChangeAction::Create)
+                    .resource_record_set(
+                        ResourceRecordSet::builder()
+                            .name("solo.example.com.")
+                            .r#type(RrType::A)
+                            .set_identifier("new")
+                            .weight(0)
+                            .ttl(60)
+                            .resource_records(
+                                ResourceRecord::builder()
+                                    .value("192.0.2.2")
+                                    .build()
+                                    .unwrap(),
+                            )
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let refused = harness::route53(&f.url)
+            .change_resource_record_sets()
+            .hosted_zone_id("ZFAKE")
+            .change_batch(weighted_beside_plain)
+            .send()
+            .await;
+        assert!(
+            refused.is_err(),
+            "a weighted record beside a plain one is refused"
+        );
+        assert!(f.state().batches.is_empty());
+    }
+    let r = switchyard(
+        &f.url,
+        h,
+        &args(&api, &["to-weighted", "--new", "192.0.2.2"]),
+    )
+    .await;
+    r.ok();
+    {
+        let s = f.state();
+        assert_eq!(
+            s.batches,
+            [vec!["DELETE A -", "CREATE A old", "CREATE A new"]],
+            "one batch"
+        );
+        let api_recs: Vec<&Rec> = s
+            .records
+            .iter()
+            .filter(|r| r.name == "api.example.com.")
+            .collect();
+        assert_eq!(api_recs.len(), 2);
+        assert!(api_recs.iter().all(|r| r.weight.is_some()));
+    }
+
+    // status shows each role with its health check's figures.
+    let st = switchyard(&f.url, h, &args(&dr, &["status"])).await;
+    st.ok();
+    assert!(
+        st.stdout.contains("healthy (3/3)") && st.stdout.contains("unhealthy (0/3)"),
+        "{}",
+        st.stdout
+    );
+
+    // failover: both DELETEs and both CREATEs in one batch; the new primary's failing check
+    // is pointed out (Route53 keeps answering with the secondary until it passes).
+    let r = switchyard(&f.url, h, &args(&dr, &["failover", "--to", "dr", "--json"])).await;
+    let j = r.ok().json();
+    assert!(
+        j["notes"]
+            .to_string()
+            .contains("keeps answering with the secondary (home)"),
+        "{j}"
+    );
+    {
+        let s = f.state();
+        assert_eq!(s.batches.len(), 2);
+        assert_eq!(
+            s.batches[1],
+            [
+                "DELETE A home",
+                "DELETE A dr",
+                "CREATE A dr",
+                "CREATE A home"
+            ]
+        );
+        let role = |id: &str| {
+            s.records
+                .iter()
+                .find(|r| r.set_id.as_deref() == Some(id))
+                .and_then(|r| r.failover.clone())
+        };
+        assert_eq!(role("dr").as_deref(), Some("PRIMARY"));
+        assert_eq!(role("home").as_deref(), Some("SECONDARY"));
+    }
+
+    // Name servers: set, wait IN_PROGRESS -> SUCCESSFUL, read back.
+    let r = switchyard(
+        &f.url,
+        h,
+        &[
+            "dns",
+            "nameservers",
+            "--domain",
+            "example.com",
+            "--set",
+            "ns-1.new-dns.org,ns-2.new-dns.org",
+            "--wait",
+            "--poll-interval",
+            "100ms",
+            "--json",
+        ],
+    )
+    .await;
+    r.ok();
+    let progress: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(progress.len(), 3, "{}", r.stderr);
+    assert!(progress[0].contains("IN_PROGRESS"), "{}", r.stderr);
+    assert!(progress[2].contains("SUCCESSFUL"), "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["status"], "SUCCESSFUL");
+    assert_eq!(
+        j["last_change"]["previous"],
+        json!(["ns-1.old-dns.net", "ns-2.old-dns.net"])
+    );
+    assert_eq!(
+        f.state().domain_ns,
+        ["ns-1.new-dns.org", "ns-2.new-dns.org"]
+    );
+    let st = switchyard(
+        &f.url,
+        h,
+        &["dns", "status", "--domain", "example.com", "--json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(
+        st["name_servers"],
+        json!(["ns-1.new-dns.org", "ns-2.new-dns.org"])
+    );
+    assert_eq!(st["last_change"]["status"], "SUCCESSFUL");
+    assert!(st["seconds_remaining"].as_i64().unwrap() > 172_000, "{st}");
 }
 
 // ---------------------------------------------------------------------------------------

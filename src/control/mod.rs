@@ -21,7 +21,8 @@ pub enum ControlCommand {
     Cloudfront(cloudfront::Args),
     /// API Gateway REST API stages: deployment history, rollback, canary, promote.
     Apigw(apigateway::Args),
-    /// Route53 weighted records: status, shift weights, lower TTL, delegate a subdomain.
+    /// Route53: status, shift weights, lower TTL, delegate a subdomain, switch / undo plain and
+    /// alias records, weighted <-> plain, failover, registrar name servers.
     Dns(dns::Args),
     /// CloudWatch metrics: query a window, gate on an error rate, publish proxy counters.
     Metrics(cloudwatch::Args),

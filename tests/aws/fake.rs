@@ -1,10 +1,14 @@
 //! A small in-process fake of exactly the AWS behaviors moto 5.2.5 does not model:
 //! CloudFront's changing ETag with 412 PreconditionFailed on a stale If-Match and
-//! InProgress -> Deployed; API Gateway stage canarySettings; Route53 PENDING -> INSYNC.
+//! InProgress -> Deployed; API Gateway stage canarySettings; Route53 PENDING -> INSYNC, the
+//! change batches as sent (actions in order), and Route53's rules for a batch (CREATE of an
+//! existing record set, DELETE that does not match exactly, a plain record beside weighted or
+//! failover ones of the same type: the whole batch is refused), health checks that report
+//! failure; Route53 Domains operations that stay IN_PROGRESS before SUCCESSFUL.
 //! Response shapes follow the services' wire formats (what the SDK deserializers read):
 //! CloudFront and Route53 REST-XML with wrapped `ErrorResponse` errors, API Gateway REST-JSON
-//! with epoch-second dates and `x-amzn-ErrorType` errors. It also answers the first
-//! `fail_first` requests with 503, to show the CLI's retries.
+//! with epoch-second dates and `x-amzn-ErrorType` errors, Route53 Domains JSON 1.1. It also
+//! answers the first `fail_first` requests with 503, to show the CLI's retries.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -20,7 +24,7 @@ const CF_NS: &str = "http://cloudfront.amazonaws.com/doc/2020-05-31/";
 const R53_NS: &str = "https://route53.amazonaws.com/doc/2013-04-01/";
 
 /// One Route53 record set as the fake keeps it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Rec {
     pub name: String,
     pub rtype: String,
@@ -28,6 +32,11 @@ pub struct Rec {
     pub weight: Option<i64>,
     pub ttl: Option<i64>,
     pub values: Vec<String>,
+    /// `PRIMARY` or `SECONDARY`.
+    pub failover: Option<String>,
+    pub health_check_id: Option<String>,
+    /// Alias target: hosted zone id, DNS name, EvaluateTargetHealth.
+    pub alias: Option<(String, String, bool)>,
 }
 
 /// Everything the fake knows; tests set it up and inspect it.
@@ -61,6 +70,16 @@ pub struct State {
     pub change_pending_polls: u32,
     pub changes: BTreeMap<String, u32>,
     pub change_batches: u32,
+    /// Every accepted change batch, one `ACTION TYPE SET_ID` (`-` for none) per change.
+    pub batches: Vec<Vec<String>>,
+    /// Route53 Domains: the domain, its name servers, operations by id with the
+    /// GetOperationDetail polls left as IN_PROGRESS, and how many polls a new one gets.
+    pub domain: String,
+    pub domain_ns: Vec<String>,
+    pub domain_ops: BTreeMap<String, u32>,
+    pub domain_op_polls: u32,
+    /// Route53 health checks: what each of the checkers reports (true = Success).
+    pub health_checks: BTreeMap<String, Vec<bool>>,
     /// Answer this many requests with 503 ServiceUnavailable first.
     pub fail_first: u32,
     pub failed: u32,
@@ -190,12 +209,20 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
         .get("if-match")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let amz_target = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = match req.into_body().collect().await {
         Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
         Err(_) => String::new(),
     };
     let mut s = st.lock().expect("fake state");
-    s.log.push(format!("{method} {path}"));
+    match &amz_target {
+        Some(t) => s.log.push(format!("{method} {path} {t}")),
+        None => s.log.push(format!("{method} {path}")),
+    }
     if s.failed < s.fail_first {
         s.failed += 1;
         return xml_error(
@@ -204,6 +231,11 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
             "ServiceUnavailable",
             "fake: try again",
         );
+    }
+    if let Some(t) = amz_target.as_deref() {
+        if let Some(op) = t.strip_prefix("Route53Domains_v20140515.") {
+            return domains(&mut s, op, &body);
+        }
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
@@ -373,21 +405,27 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
                 );
             }
             let mut next = s.records.clone();
+            let mut batch = Vec::new();
             for change in tags(&body, "Change") {
                 let action = tags(change, "Action").first().copied().unwrap_or("");
-                if action != "UPSERT" {
-                    return xml_error(
-                        StatusCode::BAD_REQUEST,
-                        R53_NS,
-                        "InvalidChangeBatch",
-                        "the fake serves UPSERT only",
-                    );
-                }
                 let one = |t: &str| tags(change, t).first().map(|v| v.to_string());
                 let mut name = one("Name").unwrap_or_default().to_ascii_lowercase();
                 if !name.ends_with('.') {
                     name.push('.');
                 }
+                let alias = tags(change, "AliasTarget").first().map(|a| {
+                    let f = |t: &str| {
+                        tags(a, t)
+                            .first()
+                            .map(|v| v.to_string())
+                            .unwrap_or_default()
+                    };
+                    (
+                        f("HostedZoneId"),
+                        f("DNSName"),
+                        f("EvaluateTargetHealth") == "true",
+                    )
+                });
                 let rec = Rec {
                     name,
                     rtype: one("Type").unwrap_or_default(),
@@ -398,6 +436,9 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
                         .iter()
                         .map(|v| v.to_string())
                         .collect(),
+                    failover: one("Failover"),
+                    health_check_id: one("HealthCheckId"),
+                    alias,
                 };
                 if let Some(w) = rec.weight {
                     if !(0..=255).contains(&w) {
@@ -409,14 +450,64 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
                         );
                     }
                 }
-                match next
-                    .iter_mut()
-                    .find(|r| r.name == rec.name && r.rtype == rec.rtype && r.set_id == rec.set_id)
-                {
-                    Some(r) => *r = rec,
-                    None => next.push(rec),
+                batch.push(format!(
+                    "{action} {} {}",
+                    rec.rtype,
+                    rec.set_id.as_deref().unwrap_or("-")
+                ));
+                let at = next.iter().position(|r| {
+                    r.name == rec.name && r.rtype == rec.rtype && r.set_id == rec.set_id
+                });
+                let refuse = |msg: String| {
+                    xml_error(
+                        StatusCode::BAD_REQUEST,
+                        R53_NS,
+                        "InvalidChangeBatch",
+                        &xml_escape(&msg),
+                    )
+                };
+                match (action, at) {
+                    ("UPSERT", Some(i)) => next[i] = rec,
+                    ("UPSERT", None) | ("CREATE", None) => next.push(rec),
+                    ("CREATE", Some(_)) => {
+                        return refuse(format!(
+                            "[Tried to create resource record set [name='{}', type='{}'] but it already exists]",
+                            rec.name, rec.rtype
+                        ))
+                    }
+                    ("DELETE", Some(i)) if next[i] == rec => {
+                        next.remove(i);
+                    }
+                    ("DELETE", _) => {
+                        return refuse(format!(
+                            "[Tried to delete resource record set [name='{}', type='{}'] but it was not found or the values provided do not match the current values]",
+                            rec.name, rec.rtype
+                        ))
+                    }
+                    (a, _) => return refuse(format!("unknown action {a}")),
                 }
             }
+            // Route53 checks the state the whole batch leads to: one plain record set per name
+            // and type, never beside weighted or failover ones.
+            for r in &next {
+                let same: Vec<&Rec> = next
+                    .iter()
+                    .filter(|o| o.name == r.name && o.rtype == r.rtype)
+                    .collect();
+                let plain = same.iter().filter(|o| o.set_id.is_none()).count();
+                if plain > 1 || (plain == 1 && same.len() > 1) {
+                    return xml_error(
+                        StatusCode::BAD_REQUEST,
+                        R53_NS,
+                        "InvalidChangeBatch",
+                        &format!(
+                            "[RRSet with DNS name {}, type {} cannot be created as a non-weighted set exists with the same name and type.]",
+                            r.name, r.rtype
+                        ),
+                    );
+                }
+            }
+            s.batches.push(batch);
             s.records = next;
             s.change_batches += 1;
             let id = format!("C{:04}FAKE", s.change_batches);
@@ -426,6 +517,30 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> R
                 "<?xml version=\"1.0\"?>\n<ChangeResourceRecordSetsResponse xmlns=\"{R53_NS}\"><ChangeInfo><Id>/change/{id}</Id><Status>PENDING</Status><SubmittedAt>{}</SubmittedAt></ChangeInfo></ChangeResourceRecordSetsResponse>",
                 now_rfc3339()
             );
+            resp(StatusCode::OK, "text/xml", xml, &[])
+        }
+        (Method::GET, ["2013-04-01", "healthcheck", id, "status"]) => {
+            let Some(reports) = s.health_checks.get(*id) else {
+                return xml_error(
+                    StatusCode::NOT_FOUND,
+                    R53_NS,
+                    "NoSuchHealthCheck",
+                    "A health check with the specified ID does not exist.",
+                );
+            };
+            let mut xml = format!("<?xml version=\"1.0\"?>\n<GetHealthCheckStatusResponse xmlns=\"{R53_NS}\"><HealthCheckObservations>");
+            for (i, ok) in reports.iter().enumerate() {
+                let status = if *ok {
+                    "Success: HTTP Status Code 200, OK"
+                } else {
+                    "Failure: Connection timed out."
+                };
+                xml.push_str(&format!(
+                    "<HealthCheckObservation><Region>us-east-1</Region><IPAddress>15.177.{i}.1</IPAddress><StatusReport><Status>{status}</Status><CheckedTime>{}</CheckedTime></StatusReport></HealthCheckObservation>",
+                    now_rfc3339()
+                ));
+            }
+            xml.push_str("</HealthCheckObservations></GetHealthCheckStatusResponse>");
             resp(StatusCode::OK, "text/xml", xml, &[])
         }
         (Method::GET, ["2013-04-01", "change", id]) => {
@@ -483,18 +598,105 @@ fn rec_xml(r: &Rec) -> String {
     if let Some(w) = r.weight {
         x.push_str(&format!("<Weight>{w}</Weight>"));
     }
+    if let Some(f) = &r.failover {
+        x.push_str(&format!("<Failover>{f}</Failover>"));
+    }
     if let Some(t) = r.ttl {
         x.push_str(&format!("<TTL>{t}</TTL>"));
     }
-    x.push_str("<ResourceRecords>");
-    for v in &r.values {
+    if !r.values.is_empty() {
+        x.push_str("<ResourceRecords>");
+        for v in &r.values {
+            x.push_str(&format!(
+                "<ResourceRecord><Value>{}</Value></ResourceRecord>",
+                xml_escape(v)
+            ));
+        }
+        x.push_str("</ResourceRecords>");
+    }
+    if let Some((zone, dns, eval)) = &r.alias {
         x.push_str(&format!(
-            "<ResourceRecord><Value>{}</Value></ResourceRecord>",
-            xml_escape(v)
+            "<AliasTarget><HostedZoneId>{}</HostedZoneId><DNSName>{}</DNSName><EvaluateTargetHealth>{eval}</EvaluateTargetHealth></AliasTarget>",
+            xml_escape(zone),
+            xml_escape(dns)
         ));
     }
-    x.push_str("</ResourceRecords></ResourceRecordSet>");
+    if let Some(h) = &r.health_check_id {
+        x.push_str(&format!("<HealthCheckId>{}</HealthCheckId>", xml_escape(h)));
+    }
+    x.push_str("</ResourceRecordSet>");
     x
+}
+
+/// Route53 Domains (JSON 1.1): GetDomainDetail, UpdateDomainNameservers, GetOperationDetail.
+fn domains(s: &mut State, op: &str, body: &str) -> Resp {
+    let req: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let ok = |v: Value| {
+        resp(
+            StatusCode::OK,
+            "application/x-amz-json-1.1",
+            v.to_string(),
+            &[],
+        )
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match op {
+        "GetDomainDetail" | "UpdateDomainNameservers"
+            if req["DomainName"].as_str() != Some(s.domain.as_str()) =>
+        {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidInput",
+                "Domain is not registered to the current AWS account",
+            )
+        }
+        "GetDomainDetail" => ok(json!({
+            "DomainName": s.domain,
+            "Nameservers": s.domain_ns.iter().map(|n| json!({ "Name": n })).collect::<Vec<_>>(),
+        })),
+        "UpdateDomainNameservers" => {
+            s.domain_ns = req["Nameservers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| n["Name"].as_str().map(str::to_string))
+                .collect();
+            let id = format!("op-{:04}", s.domain_ops.len() + 1);
+            let polls = s.domain_op_polls;
+            s.domain_ops.insert(id.clone(), polls);
+            ok(json!({ "OperationId": id }))
+        }
+        "GetOperationDetail" => {
+            let id = req["OperationId"].as_str().unwrap_or("").to_string();
+            let Some(left) = s.domain_ops.get_mut(&id) else {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidInput",
+                    "Operation with that id doesn't exist",
+                );
+            };
+            let status = if *left > 0 {
+                *left -= 1;
+                "IN_PROGRESS"
+            } else {
+                "SUCCESSFUL"
+            };
+            ok(json!({
+                "OperationId": id,
+                "Status": status,
+                "DomainName": s.domain,
+                "Type": "UPDATE_NAMESERVER",
+                "SubmittedDate": now,
+                "LastUpdatedDate": now,
+            }))
+        }
+        _ => json_error(
+            StatusCode::BAD_REQUEST,
+            "UnsupportedOperation",
+            &format!("the fake does not serve Route53Domains {op}"),
+        ),
+    }
 }
 
 /// Applies one JSON Patch operation to a Stage the way API Gateway documents for canaries.

@@ -1,10 +1,22 @@
-//! Route53: the weighted records of one name (status), shifting their weights in one change
-//! batch, lowering their TTL before a cutover, delegating a subdomain to another hosted zone,
-//! and waiting for a change to be INSYNC.
+//! Route53: the records of one name (status, with failover roles and health), shifting
+//! weights in one change batch, lowering their TTL before a cutover, delegating a subdomain to
+//! another hosted zone, switching a plain or alias record with undo, converting between a plain
+//! record and weighted ones, swapping failover roles ([`records`]), the registrar's name servers
+//! ([`registrar`]), and waiting for a change to be INSYNC.
 //!
 //! Route53 cannot say when a name last changed, so every change made here is also recorded in
-//! a small state file (change id, submission time, the TTL before it); `status` uses it to say
-//! when every resolver will have seen the current records.
+//! a small state file (change id, submission time, the TTL before it, and for the record
+//! changes of [`records`] the record sets before and after it); `status` uses it to say when
+//! every resolver will have seen the current records, `undo` to restore what was there.
+//!
+//! The operations are plain async functions over an SDK client ([`records::switch`],
+//! [`records::undo`], [`records::to_weighted`], [`records::to_plain`], [`records::failover`],
+//! [`registrar::nameservers`]) returning typed outcomes; [`run`] is only the command line's
+//! parsing and printing around them.
+
+pub mod check;
+pub mod records;
+pub mod registrar;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,9 +54,15 @@ pub struct Args {
 /// The Route53 actions.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Show the name's records (set id, weight, share, TTL, target) and when every resolver
-    /// will have seen the last change made by switchyard.
-    Status,
+    /// Show the name's records (set id, weight, share, failover role and health check state,
+    /// TTL, target) and when every resolver will have seen the last change made by
+    /// switchyard; with `--domain`, also the domain's name servers at the registrar.
+    Status {
+        /// A domain registered with Route53 Domains: show its name servers and when every
+        /// resolver will have seen the last change switchyard made to them.
+        #[arg(long, value_name = "DOMAIN")]
+        domain: Option<String>,
+    },
     /// Set the weights of weighted records in one UPSERT change batch.
     Shift {
         /// `SET_IDENTIFIER=WEIGHT`, weight 0-255; repeat for each record to change.
@@ -67,6 +85,145 @@ pub enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Point a plain or alias record (CNAME, A, AAAA) at a new target in one UPSERT change
+    /// batch; the record set it replaces is saved so `undo` restores it exactly.
+    Switch {
+        /// The new value: a host name (CNAME) or IP addresses, comma-separated (A, AAAA).
+        #[arg(
+            long,
+            value_name = "TARGET",
+            required_unless_present = "alias",
+            conflicts_with = "alias"
+        )]
+        to: Option<String>,
+        #[command(flatten)]
+        alias: AliasArgs,
+        /// Record type. Default: the type of the name's one record, else what the target is
+        /// (IPv4 -> A, IPv6 -> AAAA, host name -> CNAME, alias -> A).
+        #[arg(long = "type", value_name = "CNAME|A|AAAA")]
+        rtype: Option<String>,
+        /// TTL in seconds (not for an alias). Default: the replaced record's, else 300.
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<i64>,
+        /// Before changing anything, GET this URL through the new target (connect to the
+        /// target, Host and SNI from the URL); any answer but 2xx/3xx stops the switch.
+        #[arg(long, value_name = "URL")]
+        check_url: Option<String>,
+        /// Show the change batch and stop before sending it.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Restore the record sets the last `switch`, `to-weighted`, `to-plain` or `failover` of
+    /// this name replaced, in one change batch.
+    Undo {
+        /// Restore even if the name changed since (the current records are then replaced).
+        #[arg(long)]
+        force: bool,
+        /// Show the change batch and stop before sending it.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Turn the name's plain record into two weighted records, the old target at 100 and the
+    /// new one at 0, in one change batch (DELETE and both CREATEs together), so a gradual
+    /// `shift` can start without a moment in which the name does not resolve.
+    ToWeighted {
+        /// The new target: a host name (CNAME) or IP addresses, comma-separated (A, AAAA).
+        #[arg(
+            long = "new",
+            value_name = "TARGET",
+            required_unless_present = "alias",
+            conflicts_with = "alias"
+        )]
+        new: Option<String>,
+        #[command(flatten)]
+        alias: AliasArgs,
+        /// Which record, when the name has several types (A and AAAA).
+        #[arg(long = "type", value_name = "CNAME|A|AAAA")]
+        rtype: Option<String>,
+        /// Set identifier of the record that keeps the old target (weight 100).
+        #[arg(long, default_value = "old", value_name = "ID")]
+        old_id: String,
+        /// Set identifier of the record with the new target (weight 0).
+        #[arg(long, default_value = "new", value_name = "ID")]
+        new_id: String,
+        /// TTL of the new record. Default: the old record's, or 60 when the old one is an alias.
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<i64>,
+        /// Before changing anything, GET this URL through the new target; any answer but
+        /// 2xx/3xx stops here.
+        #[arg(long, value_name = "URL")]
+        check_url: Option<String>,
+        /// Show the change batch and stop before sending it.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Turn the name's weighted records into one plain record with the target of one of them
+    /// (the one with the largest weight, or `--keep`), in one change batch.
+    ToPlain {
+        /// Set identifier of the record whose target stays. Default: the largest weight.
+        #[arg(long, value_name = "ID")]
+        keep: Option<String>,
+        /// Which weighted records, when the name has weighted records of several types.
+        #[arg(long = "type", value_name = "CNAME|A|AAAA")]
+        rtype: Option<String>,
+        /// Show the change batch and stop before sending it.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Force a failover: swap the PRIMARY and SECONDARY roles of the name's failover records
+    /// in one change batch (each keeps its target and health check).
+    Failover {
+        /// `secondary`: the current secondary becomes primary. `primary`: the record that was
+        /// primary before switchyard's first failover of this name is primary again. A set
+        /// identifier: that record becomes primary.
+        #[arg(long, value_name = "secondary|primary|SET_ID")]
+        to: String,
+        /// Which failover records, when the name has them for several types.
+        #[arg(long = "type", value_name = "CNAME|A|AAAA")]
+        rtype: Option<String>,
+        /// Show the change batch and stop before sending it.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Show or set a registered domain's name servers at the registrar (Route53 Domains).
+    /// A change is recorded so `status --domain` says when every resolver will have seen it.
+    Nameservers {
+        /// The registered domain (`example.com`).
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// The new name servers, comma-separated.
+        #[arg(
+            long,
+            value_name = "NS1,NS2,...",
+            value_delimiter = ',',
+            conflicts_with = "from_zone"
+        )]
+        set: Option<Vec<String>>,
+        /// Set the name servers of this hosted zone's delegation set.
+        #[arg(long, value_name = "ID")]
+        from_zone: Option<String>,
+        /// TTL of the domain's NS records at the parent (the TLD's registry): how long a
+        /// resolver may keep the old name servers. Two days for most TLDs.
+        #[arg(long, default_value_t = 172_800, value_name = "SECONDS")]
+        parent_ttl: i64,
+        /// Show the change and stop before sending it.
+        #[arg(long)]
+        dry_run: bool,
+        /// `--wait` polls the registrar's operation until it has succeeded (default timeout
+        /// 30m, poll every 15s).
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Create (or update) the NS records in this (parent) zone that delegate a subdomain to
     /// the name servers of another hosted zone.
     Delegate {
@@ -85,6 +242,43 @@ pub enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
+}
+
+/// `--alias` and `--alias-zone`: the new target as an alias to an AWS resource.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AliasArgs {
+    /// The new target as an alias: the DNS name of a load balancer, CloudFront distribution or
+    /// other AWS resource (`my-alb-123.eu-west-1.elb.amazonaws.com`).
+    #[arg(long, value_name = "DNS_NAME", requires = "alias_zone")]
+    pub alias: Option<String>,
+    /// The hosted zone id of that resource (an ALB's `CanonicalHostedZoneId`; Z2FDTNDATAQYW2
+    /// for CloudFront).
+    #[arg(long, value_name = "HOSTED_ZONE_ID", requires = "alias")]
+    pub alias_zone: Option<String>,
+    /// The alias's EvaluateTargetHealth. Default: the replaced alias record's, else false.
+    #[arg(long, value_name = "BOOL", requires = "alias")]
+    pub evaluate_target_health: Option<bool>,
+}
+
+impl AliasArgs {
+    /// The target these flags (or `values`, when no alias is given) name.
+    fn target(&self, values: Option<&str>) -> records::Target {
+        match (&self.alias, &self.alias_zone) {
+            (Some(dns), Some(zone)) => records::Target::Alias {
+                dns_name: dns.trim().to_string(),
+                hosted_zone_id: zone.trim().to_string(),
+                evaluate_target_health: self.evaluate_target_health,
+            },
+            _ => records::Target::Values(
+                values
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect(),
+            ),
+        }
+    }
 }
 
 /// Why a Route53 command failed.
@@ -131,6 +325,71 @@ pub enum DnsError {
     },
     #[error("zone {0} has no delegation set (a private zone cannot be delegated to)")]
     NoNameServers(String),
+    #[error("--domain is required")]
+    NoDomain,
+    #[error("--type {0}: switchyard changes CNAME, A and AAAA records")]
+    Type(String),
+    #[error("{0}")]
+    Target(String),
+    #[error("--ttl: an alias record has no TTL of its own (it follows its target)")]
+    AliasTtl,
+    #[error("{name} has weighted records ({ids}): change their weights with `switchyard dns shift`, or turn them into one record with `switchyard dns to-plain`")]
+    Weighted { name: String, ids: String },
+    #[error("{name} has failover records ({ids}): switch them with `switchyard dns failover`")]
+    FailoverRouted { name: String, ids: String },
+    #[error("{name} has {policy} records ({ids}), which switchyard does not change")]
+    Routed {
+        name: String,
+        policy: String,
+        ids: String,
+    },
+    #[error("{name} has several record sets ({types}) and switchyard cannot tell which one is meant: pass --type")]
+    Ambiguous { name: String, types: String },
+    #[error("{name} has {what} in zone {zone}")]
+    Nothing {
+        name: String,
+        zone: String,
+        what: String,
+    },
+    #[error("{name}: {msg}")]
+    Refused { name: String, msg: String },
+    #[error("{name} record set {what} cannot be saved for undo: it uses {field}, which switchyard does not restore")]
+    Unsupported {
+        name: String,
+        what: String,
+        field: String,
+    },
+    #[error("no change to undo for {name} in zone {zone} (switchyard saves one before each switch, to-weighted, to-plain and failover, in {path})")]
+    NothingToUndo {
+        name: String,
+        zone: String,
+        path: String,
+    },
+    #[error("{name} changed since switchyard's {action} at {at}: it is now [{now}], not [{expected}]; pass --force to restore the saved records anyway")]
+    ChangedSince {
+        name: String,
+        action: String,
+        at: String,
+        now: String,
+        expected: String,
+    },
+    #[error("--check-url {0}")]
+    CheckUrl(String),
+    #[error("--check-url {url} through {through}: {reason}; nothing was changed")]
+    CheckFailed {
+        url: String,
+        through: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    NameServer(String),
+    #[error("registrar operation {id} for {domain} ended {status}: {message}")]
+    Operation {
+        id: String,
+        domain: String,
+        status: String,
+        message: String,
+    },
     #[error("cannot build the change: {0}")]
     Build(String),
     #[error("state file {0}: {1}")]
@@ -187,6 +446,17 @@ pub struct RecordRow {
     pub ttl: Option<i64>,
     /// Values, or `alias:DNS_NAME`.
     pub target: Vec<String>,
+    /// An alias's EvaluateTargetHealth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluate_target_health: Option<bool>,
+    /// `PRIMARY` or `SECONDARY` for a failover record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_id: Option<String>,
+    /// The health check's state, filled in by `status` (GetHealthCheckStatus).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<records::Health>,
 }
 
 fn rows(sets: &[ResourceRecordSet]) -> Vec<RecordRow> {
@@ -226,33 +496,52 @@ fn rows(sets: &[ResourceRecordSet]) -> Vec<RecordRow> {
                         .map(|r| r.value.clone())
                         .collect(),
                 },
+                evaluate_target_health: s.alias_target.as_ref().map(|a| a.evaluate_target_health),
+                failover: s.failover.as_ref().map(|f| f.as_str().to_string()),
+                health_check_id: s.health_check_id.clone(),
+                health: None,
             }
         })
         .collect()
 }
 
 fn rows_table(rows: &[RecordRow]) -> String {
-    let mut t = vec![vec![
-        "type".to_string(),
-        "set id".into(),
-        "weight".into(),
-        "share".into(),
-        "ttl".into(),
-        "target".into(),
-    ]];
+    // The failover and health columns only when some record has them, so a weighted name
+    // reads as before.
+    let routed = rows
+        .iter()
+        .any(|r| r.failover.is_some() || r.health_check_id.is_some());
+    let mut head = vec!["type", "set id", "weight", "share"];
+    if routed {
+        head.extend(["failover", "health"]);
+    }
+    head.extend(["ttl", "target"]);
+    let mut t = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
+    let dash = || "-".to_string();
     for r in rows {
-        t.push(vec![
+        let mut line = vec![
             r.rtype.clone(),
-            r.set_identifier.clone().unwrap_or_else(|| "-".into()),
-            r.weight
-                .map(|w| w.to_string())
-                .unwrap_or_else(|| "-".into()),
+            r.set_identifier.clone().unwrap_or_else(dash),
+            r.weight.map(|w| w.to_string()).unwrap_or_else(dash),
             r.share_percent
                 .map(|s| format!("{s}%"))
-                .unwrap_or_else(|| "-".into()),
-            r.ttl.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-            r.target.join(" "),
-        ]);
+                .unwrap_or_else(dash),
+        ];
+        if routed {
+            line.push(r.failover.clone().unwrap_or_else(dash));
+            line.push(match (&r.health, &r.health_check_id) {
+                (Some(h), _) => h.short(),
+                (None, Some(id)) => format!("check {id}"),
+                (None, None) => dash(),
+            });
+        }
+        line.push(r.ttl.map(|t| t.to_string()).unwrap_or_else(dash));
+        let mut target = r.target.join(" ");
+        if r.evaluate_target_health == Some(true) {
+            target.push_str(" (evaluate target health)");
+        }
+        line.push(target);
+        t.push(line);
     }
     table(&t)
 }
@@ -292,10 +581,18 @@ impl LastChange {
     }
 }
 
-/// The state file: last change per `ZONE NAME`.
+/// The state file: last change per `ZONE NAME`; the record sets a record change replaced
+/// (for `undo`) per `ZONE NAME`; the record that was primary before switchyard's first
+/// failover, per `ZONE NAME TYPE`; the last name-server change per registered domain.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct StateFile {
+pub(crate) struct StateFile {
     changes: BTreeMap<String, LastChange>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) undo: BTreeMap<String, records::UndoRecord>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) failover_home: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) registrar: BTreeMap<String, registrar::NsChange>,
 }
 
 fn state_path(dir: Option<&PathBuf>) -> Option<PathBuf> {
@@ -309,7 +606,33 @@ fn state_path(dir: Option<&PathBuf>) -> Option<PathBuf> {
     Some(dir.join("dns-changes.json"))
 }
 
-fn read_state(path: &PathBuf) -> Result<StateFile> {
+/// The whole state file (empty when there is none, or no state directory can be found).
+pub(crate) fn load_state(dir: Option<&PathBuf>) -> Result<StateFile> {
+    match state_path(dir) {
+        Some(p) => read_state_at(&p),
+        None => Ok(StateFile::default()),
+    }
+}
+
+/// Where the state file is, for messages.
+pub(crate) fn state_file_name(dir: Option<&PathBuf>) -> String {
+    state_path(dir)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(no state directory: set --state-dir)".into())
+}
+
+/// Reads, changes and writes back the state file (write then rename). Without a state
+/// directory (no HOME), nothing is kept.
+pub(crate) fn update_state(dir: Option<&PathBuf>, f: impl FnOnce(&mut StateFile)) -> Result<()> {
+    let Some(path) = state_path(dir) else {
+        return Ok(());
+    };
+    let mut st = read_state_at(&path)?;
+    f(&mut st);
+    write_state(&path, &st)
+}
+
+fn read_state_at(path: &PathBuf) -> Result<StateFile> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             serde_json::from_str(&text).map_err(|e| DnsError::State(path.clone(), e.to_string()))
@@ -322,50 +645,51 @@ fn read_state(path: &PathBuf) -> Result<StateFile> {
 /// The last change switchyard recorded for `zone name`, if any.
 fn last_change(dir: Option<&PathBuf>, zone: &str, name: &str) -> Result<Option<LastChange>> {
     match state_path(dir) {
-        Some(p) => Ok(read_state(&p)?.changes.remove(&format!("{zone} {name}"))),
+        Some(p) => Ok(read_state_at(&p)?.changes.remove(&format!("{zone} {name}"))),
         None => Ok(None),
     }
 }
 
 fn record_change(dir: Option<&PathBuf>, zone: &str, name: &str, c: LastChange) -> Result<()> {
-    let Some(path) = state_path(dir) else {
-        return Ok(());
-    };
-    let mut st = read_state(&path)?;
-    st.changes.insert(format!("{zone} {name}"), c);
+    update_state(dir, |st| {
+        st.changes.insert(format!("{zone} {name}"), c);
+    })
+}
+
+fn write_state(path: &PathBuf, st: &StateFile) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| DnsError::State(path.clone(), e.to_string()))?;
     }
-    let text = serde_json::to_string_pretty(&st)
+    let text = serde_json::to_string_pretty(st)
         .map_err(|e| DnsError::State(path.clone(), e.to_string()))?;
     // Write then rename, so a crash never leaves half a file.
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text).map_err(|e| DnsError::State(tmp.clone(), e.to_string()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| DnsError::State(path.clone(), e.to_string()))
+    std::fs::rename(&tmp, path).map_err(|e| DnsError::State(path.clone(), e.to_string()))
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
-fn smithy_to_time(t: &aws_smithy_types::DateTime) -> OffsetDateTime {
+pub(crate) fn smithy_to_time(t: &aws_smithy_types::DateTime) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(t.secs()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-struct R53 {
-    client: Client,
-    zone: String,
+pub(crate) struct R53 {
+    pub(crate) client: Client,
+    pub(crate) zone: String,
 }
 
 impl R53 {
     /// Every record set named `name` (any type, any set identifier), in Route53's order.
-    async fn records(&self, name: &str) -> Result<Vec<ResourceRecordSet>> {
+    pub(crate) async fn records(&self, name: &str) -> Result<Vec<ResourceRecordSet>> {
         let mut out = Vec::new();
         let mut start: Option<(String, Option<RrType>, Option<String>)> =
             Some((name.to_string(), None, None));
@@ -481,6 +805,9 @@ struct Status {
     visible_everywhere_at: Option<String>,
     /// Seconds until then, 0 when already past.
     seconds_remaining: Option<i64>,
+    /// With `--domain`: the domain's name servers at the registrar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registrar: Option<registrar::NsOutcome>,
 }
 
 impl Status {
@@ -514,33 +841,43 @@ impl Status {
                 ));
             }
         }
+        if let Some(r) = &self.registrar {
+            out.push_str(&r.human());
+        }
         out
     }
 }
 
-/// `shift`, `lower-ttl` and `delegate` output.
-#[derive(Debug, Serialize)]
-struct Changed {
-    action: String,
-    zone: String,
-    name: String,
-    before: Vec<RecordRow>,
-    after: Vec<RecordRow>,
-    dry_run: bool,
+/// What a record change did (or, with `--dry-run`, would do): `shift`, `lower-ttl`,
+/// `delegate`, and the operations of [`records`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub action: String,
+    pub zone: String,
+    pub name: String,
+    pub before: Vec<RecordRow>,
+    pub after: Vec<RecordRow>,
+    /// The change batch, one `ACTION TYPE SET_ID` per change (`-` for no set identifier).
+    pub batch: Vec<String>,
+    pub dry_run: bool,
+    /// The `--check-url` probes, one per address of the new target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub check: Vec<check::Probe>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    change_id: Option<String>,
+    pub change_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<String>,
+    pub status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    insync_after_secs: Option<f64>,
+    pub insync_after_secs: Option<f64>,
     /// When it is safe to act on the change everywhere (old answers expired), RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
-    visible_everywhere_at: Option<String>,
-    notes: Vec<String>,
+    pub visible_everywhere_at: Option<String>,
+    pub notes: Vec<String>,
 }
 
-impl Changed {
-    fn human(&self) -> String {
+impl Outcome {
+    /// The outcome as text for people.
+    pub fn human(&self) -> String {
         let mut out = format!(
             "{} for {} in zone {}\nbefore:\n",
             self.action, self.name, self.zone
@@ -548,6 +885,12 @@ impl Changed {
         out.push_str(&rows_table(&self.before));
         out.push_str("after:\n");
         out.push_str(&rows_table(&self.after));
+        if !self.batch.is_empty() {
+            out.push_str(&format!("change batch: {}\n", self.batch.join(", ")));
+        }
+        for p in &self.check {
+            out.push_str(&format!("check: {}\n", p.line()));
+        }
         for n in &self.notes {
             out.push_str(&format!("note: {n}\n"));
         }
@@ -582,8 +925,38 @@ impl Changed {
 /// Runs one `dns` action. Inputs (weights, TTL) are checked before any call; every change is
 /// one change batch, which Route53 applies entirely or not at all.
 pub async fn run(args: Args) -> Result<Output> {
-    let zone = args.zone.clone().ok_or(DnsError::NoZone)?;
     let json = args.aws.json;
+    // The registrar's name servers need no zone or name.
+    if let Command::Nameservers {
+        domain,
+        set,
+        from_zone,
+        parent_ttl,
+        dry_run,
+        wait,
+    } = &args.cmd
+    {
+        let a = registrar::NameserversArgs {
+            domain: domain.clone(),
+            set: set.clone(),
+            from_zone: from_zone.clone(),
+            parent_ttl: *parent_ttl,
+            dry_run: *dry_run,
+            wait: wait.clone(),
+            state_dir: args.state_dir.clone(),
+        };
+        a.validate()?;
+        let conf = aws::load(&args.aws).await;
+        let out =
+            registrar::nameservers(&registrar::client(&conf), &Client::new(&conf), &a).await?;
+        return Ok(Output::new(json, &out, registrar::NsOutcome::human));
+    }
+    if let (Command::Status { domain: Some(d) }, None) = (&args.cmd, &args.name) {
+        let conf = aws::load(&args.aws).await;
+        let out = registrar::show(&registrar::client(&conf), d, args.state_dir.as_ref()).await?;
+        return Ok(Output::new(json, &out, registrar::NsOutcome::human));
+    }
+    let zone = args.zone.clone().ok_or(DnsError::NoZone)?;
     // Validate before any call.
     let sets = match &args.cmd {
         Command::Shift { sets, .. } => Some(parse_sets(sets)?),
@@ -605,18 +978,36 @@ pub async fn run(args: Args) -> Result<Output> {
         zone: zone.clone(),
     };
     let state_dir = args.state_dir.clone();
+    let opts = |dry_run: bool, wait: WaitArgs| records::ChangeOpts {
+        dry_run,
+        wait,
+        state_dir: args.state_dir.clone(),
+    };
     match args.cmd {
-        Command::Status => {
+        Command::Status { domain } => {
             let recs = r53.records(&name).await?;
             let last = last_change(state_dir.as_ref(), &zone, &name)?;
+            let mut shown = rows(&recs);
+            for r in shown.iter_mut() {
+                if let Some(id) = &r.health_check_id {
+                    r.health = Some(records::health_or_unknown(&r53.client, id).await);
+                }
+            }
+            let registrar = match domain {
+                Some(d) => {
+                    Some(registrar::show(&registrar::client(&conf), &d, state_dir.as_ref()).await?)
+                }
+                None => None,
+            };
             let mut st = Status {
                 zone,
                 name,
-                records: rows(&recs),
+                records: shown,
                 last_change: None,
                 last_change_status: None,
                 visible_everywhere_at: None,
                 seconds_remaining: None,
+                registrar,
             };
             if let Some(c) = last {
                 let status = r53.change_status(&c.change_id).await?;
@@ -635,6 +1026,100 @@ pub async fn run(args: Args) -> Result<Output> {
             }
             Ok(Output::new(json, &st, Status::human))
         }
+        Command::Switch {
+            to,
+            alias,
+            rtype,
+            ttl,
+            check_url,
+            dry_run,
+            wait,
+        } => {
+            let a = records::SwitchArgs {
+                zone,
+                name,
+                target: alias.target(to.as_deref()),
+                rtype,
+                ttl,
+                check_url,
+                opts: opts(dry_run, wait),
+            };
+            let out = records::switch(&r53.client, &a).await?;
+            Ok(Output::new(json, &out, Outcome::human))
+        }
+        Command::Undo {
+            force,
+            dry_run,
+            wait,
+        } => {
+            let a = records::UndoArgs {
+                zone,
+                name,
+                force,
+                opts: opts(dry_run, wait),
+            };
+            let out = records::undo(&r53.client, &a).await?;
+            Ok(Output::new(json, &out, Outcome::human))
+        }
+        Command::ToWeighted {
+            new,
+            alias,
+            rtype,
+            old_id,
+            new_id,
+            ttl,
+            check_url,
+            dry_run,
+            wait,
+        } => {
+            let a = records::ToWeightedArgs {
+                zone,
+                name,
+                target: alias.target(new.as_deref()),
+                rtype,
+                old_id,
+                new_id,
+                ttl,
+                check_url,
+                opts: opts(dry_run, wait),
+            };
+            let out = records::to_weighted(&r53.client, &a).await?;
+            Ok(Output::new(json, &out, Outcome::human))
+        }
+        Command::ToPlain {
+            keep,
+            rtype,
+            dry_run,
+            wait,
+        } => {
+            let a = records::ToPlainArgs {
+                zone,
+                name,
+                keep,
+                rtype,
+                opts: opts(dry_run, wait),
+            };
+            let out = records::to_plain(&r53.client, &a).await?;
+            Ok(Output::new(json, &out, Outcome::human))
+        }
+        Command::Failover {
+            to,
+            rtype,
+            dry_run,
+            wait,
+        } => {
+            let a = records::FailoverArgs {
+                zone,
+                name,
+                to: records::FailoverTo::parse(&to),
+                rtype,
+                opts: opts(dry_run, wait),
+            };
+            let out = records::failover(&r53.client, &a).await?;
+            Ok(Output::new(json, &out, Outcome::human))
+        }
+        // Answered above, before a zone was required.
+        Command::Nameservers { .. } => Err(DnsError::NoDomain),
         Command::Shift { dry_run, wait, .. } => {
             let sets = sets.unwrap_or_default();
             let recs = r53.records(&name).await?;
@@ -703,10 +1188,13 @@ pub async fn run(args: Args) -> Result<Output> {
                     dry_run,
                     wait,
                     state_dir,
-                    json,
+                    undo: None,
+                    check: Vec::new(),
+                    state_edit: None,
                 },
             )
             .await
+            .map(|o| Output::new(json, &o, Outcome::human))
         }
         Command::LowerTtl { ttl, dry_run, wait } => {
             let recs = r53.records(&name).await?;
@@ -756,10 +1244,13 @@ pub async fn run(args: Args) -> Result<Output> {
                     dry_run,
                     wait,
                     state_dir,
-                    json,
+                    undo: None,
+                    check: Vec::new(),
+                    state_edit: None,
                 },
             )
             .await
+            .map(|o| Output::new(json, &o, Outcome::human))
         }
         Command::Delegate {
             to_zone,
@@ -850,39 +1341,63 @@ pub async fn run(args: Args) -> Result<Output> {
                     dry_run,
                     wait,
                     state_dir,
-                    json,
+                    undo: None,
+                    check: Vec::new(),
+                    state_edit: None,
                 },
             )
             .await
+            .map(|o| Output::new(json, &o, Outcome::human))
         }
     }
 }
 
+/// A change to the state file made together with saving the undo record.
+pub(crate) type StateEdit = Box<dyn FnOnce(&mut StateFile) + Send>;
+
 /// A change batch ready to send, with what to print and record about it.
-struct Pending {
-    action: String,
-    kind: &'static str,
-    name: String,
-    before: Vec<RecordRow>,
-    after: Vec<RecordRow>,
-    changes: Vec<Change>,
-    previous_ttl: i64,
-    ttl: i64,
-    notes: Vec<String>,
-    dry_run: bool,
-    wait: WaitArgs,
-    state_dir: Option<PathBuf>,
-    json: bool,
+pub(crate) struct Pending {
+    pub(crate) action: String,
+    pub(crate) kind: &'static str,
+    pub(crate) name: String,
+    pub(crate) before: Vec<RecordRow>,
+    pub(crate) after: Vec<RecordRow>,
+    pub(crate) changes: Vec<Change>,
+    pub(crate) previous_ttl: i64,
+    pub(crate) ttl: i64,
+    pub(crate) notes: Vec<String>,
+    pub(crate) dry_run: bool,
+    pub(crate) wait: WaitArgs,
+    pub(crate) state_dir: Option<PathBuf>,
+    /// What `undo` needs to restore the record sets this change replaces.
+    pub(crate) undo: Option<records::UndoRecord>,
+    /// `--check-url` probes made before (all passed).
+    pub(crate) check: Vec<check::Probe>,
+    /// Run on the state file together with recording the change (before sending it).
+    pub(crate) state_edit: Option<StateEdit>,
 }
 
-async fn finish(r53: &R53, p: Pending) -> Result<Output> {
-    let mut out = Changed {
+/// One change as `ACTION TYPE SET_ID`.
+fn batch_line(c: &Change) -> String {
+    let r = c.resource_record_set.as_ref();
+    format!(
+        "{} {} {}",
+        c.action.as_str(),
+        r.map(|r| r.r#type.as_str()).unwrap_or("?"),
+        r.and_then(|r| r.set_identifier.as_deref()).unwrap_or("-")
+    )
+}
+
+pub(crate) async fn finish(r53: &R53, p: Pending) -> Result<Outcome> {
+    let mut out = Outcome {
         action: p.action,
         zone: r53.zone.clone(),
         name: p.name.clone(),
         before: p.before,
         after: p.after,
+        batch: p.changes.iter().map(batch_line).collect(),
         dry_run: p.dry_run,
+        check: p.check,
         change_id: None,
         status: None,
         insync_after_secs: None,
@@ -903,10 +1418,43 @@ async fn finish(r53: &R53, p: Pending) -> Result<Output> {
         ));
     }
     if p.dry_run || p.changes.is_empty() {
-        return Ok(Output::new(p.json, &out, Changed::human));
+        return Ok(out);
+    }
+    // What undo needs is written before the change is sent (a state file that cannot be
+    // written stops here, with nothing changed); if the change then fails, the entry it
+    // replaced is put back.
+    let key = format!("{} {}", r53.zone, p.name);
+    let mut replaced_undo = None;
+    let mut edit = p.state_edit;
+    if p.undo.is_some() || edit.is_some() {
+        let undo = p.undo.clone();
+        update_state(p.state_dir.as_ref(), |st| {
+            if let Some(u) = undo {
+                replaced_undo = Some(st.undo.insert(key.clone(), u));
+            }
+            if let Some(f) = edit.take() {
+                f(st);
+            }
+        })?;
     }
     let comment = format!("switchyard dns {}", p.kind);
-    let (id, submitted, status) = r53.change(p.changes, &comment).await?;
+    let (id, submitted, status) = match r53.change(p.changes, &comment).await {
+        Ok(x) => x,
+        Err(e) => {
+            if let Some(old) = replaced_undo {
+                // Best effort: the change failed, so the saved records must stay the older ones.
+                let _ = update_state(p.state_dir.as_ref(), |st| match old {
+                    Some(o) => {
+                        st.undo.insert(key.clone(), o);
+                    }
+                    None => {
+                        st.undo.remove(&key);
+                    }
+                });
+            }
+            return Err(e);
+        }
+    };
     let own = submitted + time::Duration::seconds(p.previous_ttl);
     let horizon = prior.map_or(own, |(_, h)| h.max(own));
     // Recorded before waiting, so an interrupted wait still leaves `status` its facts.
@@ -930,7 +1478,7 @@ async fn finish(r53: &R53, p: Pending) -> Result<Output> {
         out.status = Some(ChangeStatus::Insync.as_str().to_string());
     }
     out.change_id = Some(id);
-    Ok(Output::new(p.json, &out, Changed::human))
+    Ok(out)
 }
 
 #[cfg(test)]
