@@ -340,7 +340,7 @@ async fn dashboard_click_rolls_a_route_back() {
 // ---- Migration plans (src/admin/plans.rs): the running plan and its Abort button ----------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_shows_a_running_plan_and_its_abort_button_rolls_back() {
+async fn dashboard_shows_a_running_plan_approves_it_and_its_abort_button_rolls_back() {
     let new = Origin::start("new").await;
     let legacy = Origin::start("legacy").await;
     let dir = routes_dir(&table(&new, &legacy, SPLIT));
@@ -364,6 +364,7 @@ async fn dashboard_shows_a_running_plan_and_its_abort_button_rolls_back() {
         format!(
             "name = \"dash\"\nadmin = \"http://{}\"\nroute = \"users\"\nto = \"new\"\nfrom = \"legacy\"\ninterval = \"500ms\"\n\
              [[gates]]\nkind = \"error_rate\"\nmax = 0.5\nmin_requests = 1\n\
+             [[steps]]\napprove = true\ntimeout = \"120s\"\n\
              [[steps]]\nweight = 30\nbake = \"120s\"\n",
             p.admin
         ),
@@ -387,10 +388,52 @@ async fn dashboard_shows_a_running_plan_and_its_abort_button_rolls_back() {
         .await;
     let row = "tr[data-plan=\"dash\"]";
     b.find(&format!("{row} button.abort"), 20).await;
-    b.wait_text(&format!("{row} td.step"), 15, "the step", |t| {
-        t.contains("1/1 weight 30%")
+    b.wait_text(
+        &format!("{row} td.status"),
+        15,
+        "waiting for approval",
+        |t| t == "waiting_approval",
+    )
+    .await;
+    let token = b.find("#token", 5).await;
+    b.must(
+        "POST",
+        &format!("/element/{token}/value"),
+        json!({"text": TOKEN}),
+    )
+    .await;
+    // Approve: a confirmation, then the plan goes on to its weight step.
+    let approve = b.find(&format!("{row} button.approve"), 5).await;
+    b.must("POST", &format!("/element/{approve}/click"), json!({}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let confirm = loop {
+        if let Ok(t) = b.cmd("GET", "/alert/text", json!({})).await {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the approve button asked nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        confirm
+            .as_str()
+            .unwrap()
+            .contains("Approve step 1 of plan \"dash\""),
+        "{confirm}"
+    );
+    b.must("POST", "/alert/accept", json!({})).await;
+    b.wait_text(&format!("{row} td.step"), 15, "the weight step", |t| {
+        t.contains("2/2 weight 30%")
     })
     .await;
+    assert!(!b
+        .must("GET", &format!("/element/{approve}/displayed"), json!({}))
+        .await
+        .as_bool()
+        .unwrap());
     b.wait_text(
         &format!("{row} .gate[data-gate=\"error_rate\"]"),
         20,
@@ -401,13 +444,6 @@ async fn dashboard_shows_a_running_plan_and_its_abort_button_rolls_back() {
     assert!(b.text(&format!("{row} td.bake")).await.contains("s left"));
     assert_eq!(b.text(&format!("{row} td.weight")).await, "30%");
 
-    let token = b.find("#token", 5).await;
-    b.must(
-        "POST",
-        &format!("/element/{token}/value"),
-        json!({"text": TOKEN}),
-    )
-    .await;
     let button = b.find(&format!("{row} button.abort"), 5).await;
     b.must("POST", &format!("/element/{button}/click"), json!({}))
         .await;
