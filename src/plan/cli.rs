@@ -44,11 +44,13 @@ pub struct Where {
 pub enum PlanCommand {
     /// Check plan files (every problem, by line and field); nothing is contacted.
     Check {
+        /// Plan files (TOML).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Run a plan: its steps in order, gates on, rollback on a failed gate.
     Run {
+        /// The plan file (TOML).
         file: PathBuf,
         /// Print the timeline and check the route, upstreams, gates and AWS steps (their own
         /// --dry-run) without changing anything.
@@ -59,18 +61,21 @@ pub enum PlanCommand {
     },
     /// Continue an unfinished run from its journal (after a crash or `kill -9`).
     Resume {
+        /// The plan's name (its journal is `DIR/plans/NAME.json`).
         name: String,
         #[command(flatten)]
         at: Where,
     },
     /// Where each plan stands (the admin API's view, and local journals).
     Status {
+        /// Only this plan.
         name: Option<String>,
         #[command(flatten)]
         at: Where,
     },
     /// Roll the plan's route back to `from` now and stop its runner.
     Abort {
+        /// The plan's name.
         name: String,
         /// Why (recorded in the history).
         #[arg(long)]
@@ -80,6 +85,7 @@ pub enum PlanCommand {
     },
     /// Approve the plan's waiting `approve` step.
     Approve {
+        /// The plan's name.
         name: String,
         /// The step (1-based) to approve; default the one the plan is at.
         #[arg(long)]
