@@ -118,6 +118,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The name shown in figures and events.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
