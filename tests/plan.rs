@@ -1322,3 +1322,61 @@ async fn abort_after_the_runner_died_ends_the_run_for_good() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(users_weights(&p).await["new"], 10.0);
 }
+
+/// What the gates read: every attempt at `new` is counted with its outcome, although the
+/// client got the fallback's answer each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_counted_per_upstream_whoever_answered() {
+    let mut new = Origin::start("new").await;
+    let legacy = Origin::start("legacy").await;
+    let dir = routes_dir(&format!(
+        "[upstreams.new]\naddrs = [\"{}\"]\nconnect_timeout_ms = 10000\nread_timeout_ms = 300\n\
+         [upstreams.legacy]\naddrs = [\"{}\"]\nconnect_timeout_ms = 10000\n\
+         [[routes]]\nid = \"users\"\npath = \"/users/*\"\nto = \"new\"\nfallback = \"legacy\"\n",
+        new.addr, legacy.addr
+    ));
+    let p = start(dir.path()).await;
+    let c = client();
+    let get_one = || async {
+        let r = send(&c, "GET", &p.url("/users/1"), &[], "").await.unwrap();
+        (r.status, r.origin().to_string())
+    };
+    assert_eq!(get_one().await, (200, "new".into()));
+    new.state.set_mode(Mode::Error500);
+    assert_eq!(get_one().await, (200, "legacy".into()));
+    new.state.set_mode(Mode::Hang);
+    assert_eq!(get_one().await, (200, "legacy".into()));
+    new.kill().await;
+    assert_eq!(get_one().await, (200, "legacy".into()));
+    let m = get(&p.admin_url("/metrics")).await.body;
+    let n = |upstream: &str, outcome: &str| {
+        metric(
+            &m,
+            &format!(
+                "switchyard_upstream_attempts_total{{outcome=\"{outcome}\",route=\"users\",upstream=\"{upstream}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        (
+            n("new", "ok"),
+            n("new", "5xx"),
+            n("new", "timeout"),
+            n("new", "error")
+        ),
+        (1.0, 1.0, 1.0, 1.0),
+        "{m}"
+    );
+    assert_eq!(n("legacy", "ok"), 3.0, "{m}");
+    // The attempt histogram saw the timed-out attempt (at least 300 ms).
+    let slow = metric(
+        &m,
+        "switchyard_upstream_attempt_duration_seconds_bucket{route=\"users\",upstream=\"new\",le=\"0.25\"}",
+    );
+    let all = metric(
+        &m,
+        "switchyard_upstream_attempt_duration_seconds_count{route=\"users\",upstream=\"new\"}",
+    );
+    assert_eq!(all, 4.0, "{m}");
+    assert_eq!(slow, 3.0, "{m}");
+}
