@@ -64,8 +64,19 @@ fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Api
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the body: {e}")))
 }
 
+/// A plan name is a file name and a URL path segment: letters, digits, `-`, `_`, `.`, at most
+/// 100, not starting with `.`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 fn known(name: &str) -> Result<(), ApiError> {
-    if crate::plan::file::valid_name(name) {
+    if valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!("{name:?} is not a plan name")))

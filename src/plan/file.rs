@@ -375,14 +375,10 @@ impl Loc {
     }
 }
 
-/// A plan name is a file name and a URL path segment: letters, digits, `-`, `_`, `.`.
+/// A plan name is a file name and a URL path segment: letters, digits, `-`, `_`, `.`; the
+/// admin API checks the same rule.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 100
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    crate::admin::plans::valid_name(name)
 }
 
 /// Reads and checks the plan file at `path`: every problem, or the plan.
