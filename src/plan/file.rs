@@ -734,7 +734,18 @@ fn compile_step(p: &mut Problems<'_>, i: usize, s: &StepFile, interval: Duration
                 );
             }
             let window = s.window.clone().unwrap_or_else(|| "48h".into());
-            let _ = duration(p, &Some(window.clone()), "window", at);
+            // Sent as is to `GET /v1/traffic?window=`, which takes a whole number and a unit.
+            let digits = window.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            if digits.is_empty()
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+                || !matches!(&window[digits.len()..], "ms" | "s" | "m" | "h" | "d")
+            {
+                at.push(
+                    p,
+                    "window",
+                    format!("{window:?}: a whole number and a unit (ms, s, m, h, d), like \"48h\""),
+                );
+            }
             let poll = duration(p, &s.poll, "poll", at).unwrap_or(DEFAULT_DRAIN_POLL);
             if poll.is_zero() {
                 at.push(p, "poll", "must be more than 0");
@@ -863,6 +874,36 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(errs[0].field, "steps[0].control");
+    }
+
+    #[test]
+    fn drain_steps() {
+        let ok = check(&format!(
+            "{HEAD}[[steps]]\nwait_drain = \"API.example.com\"\nedge = \"http://10.0.0.1:9090/\"\n"
+        ))
+        .unwrap();
+        match &ok.steps[0].kind {
+            StepKind::WaitDrain {
+                host, edge, window, ..
+            } => {
+                assert_eq!(
+                    (host.as_str(), edge.as_str()),
+                    ("api.example.com", "http://10.0.0.1:9090")
+                );
+                assert_eq!(window, "48h");
+            }
+            k => panic!("{k:?}"),
+        }
+        let errs = check(&format!(
+            "{HEAD}[[steps]]\nwait_drain = \"a.example.com\"\nwindow = \"1.5h\"\n"
+        ))
+        .unwrap_err();
+        let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(all.iter().any(|e| e.contains("steps[0].edge")), "{all:?}");
+        assert!(
+            all.iter().any(|e| e.contains("steps[0].window: \"1.5h\"")),
+            "{all:?}"
+        );
     }
 
     #[test]
