@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod health;
 pub mod metrics;
+pub mod plan;
 pub mod proxy;
 pub mod routing;
 pub mod serve;

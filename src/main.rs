@@ -30,6 +30,8 @@ enum Command {
     Admin(switchyard::cli::admin::AdminCommand),
     #[command(flatten)]
     Control(switchyard::control::ControlCommand),
+    /// Migration plans: steps, gates, automatic rollback, approvals, resume.
+    Plan(switchyard::plan::cli::PlanArgs),
 }
 
 /// Logs on stderr: colour only on a terminal, JSON with `SWITCHYARD_LOG_FORMAT=json`.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Admin(cmd) => switchyard::cli::admin::run(&cmd),
+        Command::Plan(args) => switchyard::plan::cli::run(args),
         Command::Control(c) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

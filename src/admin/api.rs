@@ -256,6 +256,8 @@ fn authenticate_known(state: &AdminState, call: &Call, rest: &[&str]) -> Result<
             | ["stats"]
             | ["series"]
             | ["traffic"]
+            | ["plans", _]
+            | ["plans", _, "abort" | "approve"]
     );
     if !known {
         return Err(ApiError::NotFound(format!("/v1/{}", rest.join("/"))));
@@ -356,6 +358,34 @@ async fn v1(state: &Arc<AdminState>, call: &mut Call, rest: &[&str]) -> Result<R
         ["traffic"] => {
             only(&m, &Method::GET, "GET")?;
             get_traffic(call)
+        }
+        // Migration plans: handlers in super::plans.
+        ["plans"] => {
+            only(&m, &Method::GET, "GET")?;
+            Ok(ok(json!(super::plans::list())))
+        }
+        ["plans", name] => match m {
+            Method::GET | Method::HEAD => Ok(ok(json!(super::plans::get(name)?))),
+            Method::PUT => {
+                actor(state, call)?;
+                let body = read_body(call).await?;
+                Ok(ok(json!(super::plans::report(name, &body)?)))
+            }
+            _ => Err(ApiError::MethodNotAllowed(m, "GET, PUT")),
+        },
+        ["plans", name, "abort"] => {
+            only(&m, &Method::POST, "POST")?;
+            let actor = actor(state, call)?;
+            let body = read_body(call).await?;
+            Ok(ok(json!(
+                super::plans::abort(state, name, &actor, &body).await?
+            )))
+        }
+        ["plans", name, "approve"] => {
+            only(&m, &Method::POST, "POST")?;
+            actor(state, call)?;
+            let body = read_body(call).await?;
+            Ok(ok(json!(super::plans::approve(name, &body)?)))
         }
         _ => Err(ApiError::NotFound(format!("/v1/{}", rest.join("/")))),
     }

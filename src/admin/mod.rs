@@ -9,6 +9,7 @@ pub mod client;
 pub mod dashboard;
 pub mod history;
 pub mod ledger;
+pub mod plans;
 pub mod server;
 pub mod summary;
 pub mod types;

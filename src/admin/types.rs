@@ -171,3 +171,107 @@ pub struct ErrorBody {
     #[serde(default)]
     pub details: Vec<serde_json::Value>,
 }
+
+// ---- Migration plans (`/v1/plans`, src/admin/plans.rs) ------------------------------------
+
+/// One gate's latest evaluation: the figure, its threshold and the verdict computed from them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GateFigure {
+    /// `error_rate`, `latency_p99`, `cloudwatch:NAME`, `prometheus`.
+    pub name: String,
+    /// The measured value; None when there is none yet (no data, or not evaluable).
+    pub figure: Option<f64>,
+    pub threshold: f64,
+    /// `ratio`, `ms`, `%`, or empty.
+    pub unit: String,
+    /// `pass`, `fail`, `pending` (not enough data yet) or `error` (not evaluable, in grace).
+    pub verdict: String,
+    /// How the figure was obtained (counts, window), or why there is none.
+    pub detail: String,
+}
+
+/// `PUT /v1/plans/{name}`: a plan runner's report of where it stands; sent at every step and
+/// every half second as the runner's heartbeat (its lease).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlanReport {
+    pub route: String,
+    pub to: String,
+    pub from: String,
+    /// One `plan run` (kept by `plan resume`): an abort or approval belongs to one run.
+    pub run_id: String,
+    /// The runner process (`HOST:PID:RANDOM`): two processes never run the same plan.
+    pub runner: String,
+    /// `running`, `waiting_approval`, `completed`, `rolled_back`, `aborted`, `failed`.
+    pub status: String,
+    /// 0-based index of the current step.
+    pub step: usize,
+    pub steps: usize,
+    pub step_name: String,
+    /// Percent of the route on `to` as the plan last set it.
+    #[serde(default)]
+    pub weight: Option<f64>,
+    #[serde(default)]
+    pub bake_total_ms: Option<u64>,
+    #[serde(default)]
+    pub bake_left_ms: Option<u64>,
+    #[serde(default)]
+    pub gates: Vec<GateFigure>,
+    /// The last event for people (why it stopped, what it waits for).
+    #[serde(default)]
+    pub message: String,
+    /// The lease: without a report for this long, the runner counts as gone.
+    pub lease_ms: u64,
+}
+
+/// An abort, as recorded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlanAbort {
+    pub actor: String,
+    pub reason: String,
+    /// RFC 3339 UTC.
+    pub time: String,
+    /// The table version of the rollback (None if the route was already on `from`).
+    pub version: Option<u64>,
+}
+
+/// A plan as the admin API knows it (`GET /v1/plans`, `GET /v1/plans/{name}`, and the answer
+/// to a report, an abort or an approval).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlanView {
+    pub name: String,
+    pub report: PlanReport,
+    /// Milliseconds since the last report.
+    pub reported_ms_ago: u64,
+    /// True while the runner's lease holds (a report within `lease_ms`).
+    pub lease_live: bool,
+    /// Set by `POST /v1/plans/{name}/abort`; the runner stops when it sees it.
+    #[serde(default)]
+    pub abort: Option<PlanAbort>,
+    /// Steps approved by `POST /v1/plans/{name}/approve` (indexes).
+    #[serde(default)]
+    pub approved: Vec<usize>,
+}
+
+/// `GET /v1/plans`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlansView {
+    pub plans: Vec<PlanView>,
+}
+
+/// `POST /v1/plans/{name}/abort`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanAbortBody {
+    /// Why (recorded in the history with the rollback).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/plans/{name}/approve`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanApproveBody {
+    /// The step approved; default the step the plan is at.
+    #[serde(default)]
+    pub step: Option<usize>,
+}

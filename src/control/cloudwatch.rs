@@ -613,6 +613,74 @@ impl Published {
     }
 }
 
+/// Evaluates the error-rate gate of `metrics gate` over the last `window` (a whole number of
+/// minutes): API Gateway 5XXError/Count (`--api-name`) or Lambda Errors/Invocations
+/// (`--function`), plus the average latency when `max_latency_ms` is given. Runs when the
+/// command or a plan's `cloudwatch` gate asks; an `Err` means the figures could not be read
+/// (never an open gate).
+pub async fn gate(
+    aws_args: &AwsArgs,
+    target: &Target,
+    max_error_rate: f64,
+    max_latency_ms: Option<f64>,
+    min_requests: f64,
+    window: Duration,
+) -> Result<GateResult> {
+    let (errors_name, requests_name, latency_name) = if target.api_name.is_some() {
+        ("5XXError", "Count", "Latency")
+    } else if target.function.is_some() {
+        ("Errors", "Invocations", "Duration")
+    } else {
+        return Err(CloudWatchError::GateTarget);
+    };
+    let window_s = whole_minutes(window).ok_or(CloudWatchError::Window(window))?;
+    let em = resolve(target, errors_name, Some("Sum"))?;
+    let rm = resolve(target, requests_name, Some("Sum"))?;
+    let lm = resolve(target, latency_name, Some("Average"))?;
+    let mut queries = vec![
+        query("errors", &em, window_s),
+        query("requests", &rm, window_s),
+    ];
+    if max_latency_ms.is_some() {
+        queries.push(query("latency", &lm, window_s));
+    }
+    let conf = aws::load(aws_args).await;
+    let client = Client::new(&conf);
+    let (data, _, _) = fetch(&client, queries, window).await?;
+    // fold from +0.0: `sum` of no floats is -0.0, which would print as "-0".
+    let sum = |id: &str| {
+        data.get(id)
+            .map_or(0.0, |s| s.iter().fold(0.0, |acc, (_, v)| acc + v))
+    };
+    let requests = sum("requests");
+    let errors = sum("errors");
+    let latency = data
+        .get("latency")
+        .filter(|s| !s.is_empty())
+        .map(|s| s.iter().fold(0.0, |acc, (_, v)| acc + v) / s.len() as f64);
+    let (pass, rate, reasons) = judge(
+        requests,
+        errors,
+        latency,
+        max_error_rate,
+        max_latency_ms,
+        min_requests,
+    );
+    Ok(GateResult {
+        pass,
+        window_secs: window.as_secs(),
+        requests,
+        errors,
+        error_rate: rate,
+        max_error_rate,
+        latency_ms: latency,
+        max_latency_ms,
+        reasons,
+        errors_metric: em,
+        requests_metric: rm,
+    })
+}
+
 /// Runs one `metrics` action. `gate`'s exit code is 0 (open) or 1 (closed); failures to read
 /// the metrics are errors (exit 2), never an open gate.
 pub async fn run(args: Args) -> Result<Output> {
@@ -656,59 +724,16 @@ pub async fn run(args: Args) -> Result<Output> {
             min_requests,
             window,
         } => {
-            let (errors_name, requests_name, latency_name) = if target.api_name.is_some() {
-                ("5XXError", "Count", "Latency")
-            } else if target.function.is_some() {
-                ("Errors", "Invocations", "Duration")
-            } else {
-                return Err(CloudWatchError::GateTarget);
-            };
-            let window_s = whole_minutes(window).ok_or(CloudWatchError::Window(window))?;
-            let em = resolve(&target, errors_name, Some("Sum"))?;
-            let rm = resolve(&target, requests_name, Some("Sum"))?;
-            let lm = resolve(&target, latency_name, Some("Average"))?;
-            let mut queries = vec![
-                query("errors", &em, window_s),
-                query("requests", &rm, window_s),
-            ];
-            if max_latency_ms.is_some() {
-                queries.push(query("latency", &lm, window_s));
-            }
-            let conf = aws::load(&args.aws).await;
-            let client = Client::new(&conf);
-            let (data, _, _) = fetch(&client, queries, window).await?;
-            // fold from +0.0: `sum` of no floats is -0.0, which would print as "-0".
-            let sum = |id: &str| {
-                data.get(id)
-                    .map_or(0.0, |s| s.iter().fold(0.0, |acc, (_, v)| acc + v))
-            };
-            let requests = sum("requests");
-            let errors = sum("errors");
-            let latency = data
-                .get("latency")
-                .filter(|s| !s.is_empty())
-                .map(|s| s.iter().fold(0.0, |acc, (_, v)| acc + v) / s.len() as f64);
-            let (pass, rate, reasons) = judge(
-                requests,
-                errors,
-                latency,
+            let g = gate(
+                &args.aws,
+                &target,
                 max_error_rate,
                 max_latency_ms,
                 min_requests,
-            );
-            let g = GateResult {
-                pass,
-                window_secs: window.as_secs(),
-                requests,
-                errors,
-                error_rate: rate,
-                max_error_rate,
-                latency_ms: latency,
-                max_latency_ms,
-                reasons,
-                errors_metric: em,
-                requests_metric: rm,
-            };
+                window,
+            )
+            .await?;
+            let pass = g.pass;
             Ok(Output::new(json, &g, GateResult::human).with_code(if pass { 0 } else { 1 }))
         }
         Command::Publish {

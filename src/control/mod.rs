@@ -35,14 +35,7 @@ pub enum ControlCommand {
 /// changed under it); exit code 1 means a check said no (`metrics gate` closed); 0 is success. `Err` is only returned if stdout cannot be
 /// written.
 pub async fn run(cmd: ControlCommand) -> anyhow::Result<ExitCode> {
-    let result = match cmd {
-        ControlCommand::Cloudfront(a) => cloudfront::run(a).await.map_err(|e| e.to_string()),
-        ControlCommand::Apigw(a) => apigateway::run(a).await.map_err(|e| e.to_string()),
-        ControlCommand::Dns(a) => dns::run(a).await.map_err(|e| e.to_string()),
-        ControlCommand::Metrics(a) => cloudwatch::run(a).await.map_err(|e| e.to_string()),
-        ControlCommand::Db(a) => db::run(a).await.map_err(|e| e.to_string()),
-    };
-    match result {
+    match execute(cmd).await {
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(out.text.as_bytes())?;
@@ -56,6 +49,19 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<ExitCode> {
             eprintln!("error: {}", aws::one_line(&msg));
             Ok(ExitCode::from(2))
         }
+    }
+}
+
+/// Runs one AWS subcommand and returns what it would print and its exit code, or its failure
+/// as text; nothing is printed here but `--wait` progress on stderr. Used by [`run`] and by
+/// plan `control` steps.
+pub async fn execute(cmd: ControlCommand) -> Result<Output, String> {
+    match cmd {
+        ControlCommand::Cloudfront(a) => cloudfront::run(a).await.map_err(|e| e.to_string()),
+        ControlCommand::Apigw(a) => apigateway::run(a).await.map_err(|e| e.to_string()),
+        ControlCommand::Dns(a) => dns::run(a).await.map_err(|e| e.to_string()),
+        ControlCommand::Metrics(a) => cloudwatch::run(a).await.map_err(|e| e.to_string()),
+        ControlCommand::Db(a) => db::run(a).await.map_err(|e| e.to_string()),
     }
 }
 

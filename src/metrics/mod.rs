@@ -36,6 +36,13 @@ pub struct Metrics {
     /// `switchyard_rejected_total{reason}`: requests answered by switchyard itself before any
     /// upstream saw them (`hold_queue_full`, `hold_expired`).
     pub rejected: IntCounterVec,
+    /// `switchyard_upstream_attempts_total{route,upstream,outcome}`: every attempt at an
+    /// upstream, whoever finally answered the client; `outcome` is one of [`ATTEMPT_OUTCOMES`].
+    /// Plan gates judge a backend by these, not by what the client saw after a fallback.
+    pub attempts: IntCounterVec,
+    /// `switchyard_upstream_attempt_duration_seconds{route,upstream}`: from choosing the
+    /// upstream to its response head (or the attempt's failure).
+    pub attempt_duration: HistogramVec,
 }
 
 /// The process-wide metrics.
@@ -48,6 +55,30 @@ pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub const BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Outcome label values of `switchyard_upstream_attempts_total`: a response below 500, a 5xx
+/// response, a connect or protocol error, a timeout (connect, read or write).
+pub const ATTEMPT_OUTCOMES: [&str; 4] = ["ok", "5xx", "error", "timeout"];
+
+/// How one attempt at an upstream ended; the index into [`ATTEMPT_OUTCOMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Ok = 0,
+    Status5xx = 1,
+    Error = 2,
+    Timeout = 3,
+}
+
+impl AttemptOutcome {
+    /// The outcome of an attempt that got a response head with `status`.
+    pub fn of_status(status: u16) -> AttemptOutcome {
+        if status >= 500 {
+            AttemptOutcome::Status5xx
+        } else {
+            AttemptOutcome::Ok
+        }
+    }
+}
 
 /// Index into [`CODE_CLASSES`] for a status code.
 #[inline]
@@ -131,9 +162,31 @@ impl Metrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_attempts_total",
+                "Attempts at an upstream (first tries and fallbacks), by route, upstream and outcome.",
+            ),
+            &["route", "upstream", "outcome"],
+        )
+        .expect("static metric definition");
+        let attempt_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_upstream_attempt_duration_seconds",
+                "Time from choosing an upstream to its response head, or to the attempt's failure.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route", "upstream"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(rejected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
+            Box::new(attempts.clone()),
+            Box::new(attempt_duration.clone()),
             Box::new(duration.clone()),
             Box::new(table_version.clone()),
             Box::new(reloads.clone()),
@@ -155,6 +208,8 @@ impl Metrics {
             fallbacks,
             access_log_dropped,
             rejected,
+            attempts,
+            attempt_duration,
         }
     }
 
@@ -171,6 +226,9 @@ impl Metrics {
         PairStats {
             codes: CODE_CLASSES.map(|c| self.requests.with_label_values(&[route, upstream, c])),
             duration: self.duration.with_label_values(&[route, upstream]),
+            attempts: ATTEMPT_OUTCOMES
+                .map(|o| self.attempts.with_label_values(&[route, upstream, o])),
+            attempt_duration: self.attempt_duration.with_label_values(&[route, upstream]),
         }
     }
 }
@@ -180,6 +238,19 @@ impl Metrics {
 pub struct PairStats {
     pub codes: [IntCounter; 5],
     pub duration: Histogram,
+    /// Attempts by [`AttemptOutcome`].
+    pub attempts: [IntCounter; 4],
+    pub attempt_duration: Histogram,
+}
+
+impl PairStats {
+    /// Counts one attempt at this pair's upstream that took `secs`. Called once per attempt
+    /// by the proxy (and by any other engine serving requests), never per retry of the count.
+    #[inline]
+    pub fn attempt(&self, outcome: AttemptOutcome, secs: f64) {
+        self.attempts[outcome as usize].inc();
+        self.attempt_duration.observe(secs);
+    }
 }
 
 impl std::fmt::Debug for PairStats {

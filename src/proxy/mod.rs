@@ -22,7 +22,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::metrics::{code_class, PairStats, METRICS};
+use crate::metrics::{code_class, AttemptOutcome, PairStats, METRICS};
 use crate::routing::table::{HostHeader, RouteTable};
 use crate::routing::TableStore;
 use decide::{AttemptError, BodyState, FallbackReason, NextStep, Order, Steering};
@@ -88,6 +88,8 @@ pub struct Ctx {
     /// Status sent by `fail_to_proxy` or the 404 path.
     status: u16,
     counted_inflight: bool,
+    /// When the current attempt chose its upstream; `None` once the attempt is counted.
+    attempt_start: Option<Instant>,
 }
 
 impl Ctx {
@@ -95,6 +97,22 @@ impl Ctx {
         self.table
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route table in context"))
+    }
+
+    /// Counts the current attempt at `ctx.upstream` once, with `outcome` (see
+    /// [`PairStats::attempt`]); a second call for the same attempt does nothing.
+    fn end_attempt(&mut self, outcome: Option<AttemptOutcome>) {
+        let Some(start) = self.attempt_start.take() else {
+            return;
+        };
+        let (Some(outcome), Some(t), Some(ri), Some(u)) =
+            (outcome, self.table.as_ref(), self.route, self.upstream)
+        else {
+            return;
+        };
+        t.routes[ri]
+            .stats(u, &t.upstreams[u].name)
+            .attempt(outcome, start.elapsed().as_secs_f64());
     }
 }
 
@@ -261,6 +279,7 @@ impl ProxyHttp for Proxy {
             body_seen: 0,
             status: 0,
             counted_inflight: false,
+            attempt_start: None,
         }
     }
 
@@ -371,6 +390,7 @@ impl ProxyHttp for Proxy {
         o.write_timeout = Some(up.read_timeout);
         o.idle_timeout = Some(Duration::from_secs(60));
         o.ca = up.ca.clone();
+        ctx.attempt_start = Some(Instant::now());
         Ok(Box::new(peer))
     }
 
@@ -426,6 +446,7 @@ impl ProxyHttp for Proxy {
         };
         let up = &table.upstreams[u];
         let status = resp.status.as_u16();
+        ctx.end_attempt(Some(AttemptOutcome::of_status(status)));
         if status >= 500 && up.outlier.count_5xx {
             up.state.record_failure(&up.outlier);
         } else {
@@ -485,6 +506,11 @@ impl ProxyHttp for Proxy {
             } else {
                 FallbackReason::ConnectError
             };
+            ctx.end_attempt(Some(if reason == FallbackReason::Timeout {
+                AttemptOutcome::Timeout
+            } else {
+                AttemptOutcome::Error
+            }));
             // Nothing was sent: always safe to move on, unless a tester forced this upstream.
             let _ = session;
             if !ctx.forced && ctx.pos + 1 < ctx.order.len() {
@@ -537,6 +563,13 @@ impl ProxyHttp for Proxy {
         } else {
             AttemptError::Upstream
         };
+        // A stale pooled connection or a client-side failure says nothing about the backend:
+        // the attempt is dropped, not counted as a failure of the upstream.
+        ctx.end_attempt(match kind {
+            AttemptError::Timeout => Some(AttemptOutcome::Timeout),
+            AttemptError::Upstream => Some(AttemptOutcome::Error),
+            AttemptError::StalePooled | AttemptError::Other => None,
+        });
         let headers_sent = session.response_written().is_some();
         let replayable = !headers_sent && {
             let whole = body_whole(session, ctx, route.retry_buffer_bytes);

@@ -626,3 +626,159 @@ async fn dashboard_draws_charts_markers_and_hosts() {
     load.await.unwrap();
     b.quit().await;
 }
+
+// ---- Migration plans (src/admin/plans.rs): the running plan and its Abort button ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_running_plan_approves_it_and_its_abort_button_rolls_back() {
+    let new = Origin::start("new").await;
+    let legacy = Origin::start("legacy").await;
+    let dir = routes_dir(&table(&new, &legacy, SPLIT));
+    let p = start(dir.path(), &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), p.url("/users/1"));
+        tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = send(&c, "GET", &url, &[], "").await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Not beside the route files: the proxy would try to load it.
+    let plans = tempfile::tempdir().unwrap();
+    let plan = plans.path().join("dash.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name = \"dash\"\nadmin = \"http://{}\"\nroute = \"users\"\nto = \"new\"\nfrom = \"legacy\"\ninterval = \"500ms\"\n\
+             [[gates]]\nkind = \"error_rate\"\nmax = 0.5\nmin_requests = 1\n\
+             [[steps]]\napprove = true\ntimeout = \"120s\"\n\
+             [[steps]]\nweight = 30\nbake = \"120s\"\n",
+            p.admin
+        ),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut runner = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["plan", "run", "--json"])
+        .arg(&plan)
+        .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+        .env("SWITCHYARD_STATE_DIR", state.path())
+        .env_remove("SWITCHYARD_ADMIN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the plan runner");
+
+    let b = Browser::start().await;
+    b.must("POST", "/url", json!({"url": p.admin_url("/")}))
+        .await;
+    let row = "tr[data-plan=\"dash\"]";
+    b.find(&format!("{row} button.abort"), 20).await;
+    b.wait_text(
+        &format!("{row} td.status"),
+        15,
+        "waiting for approval",
+        |t| t == "waiting_approval",
+    )
+    .await;
+    let token = b.find("#token", 5).await;
+    b.must(
+        "POST",
+        &format!("/element/{token}/value"),
+        json!({"text": TOKEN}),
+    )
+    .await;
+    // Approve: a confirmation, then the plan goes on to its weight step.
+    let approve = b.find(&format!("{row} button.approve"), 5).await;
+    b.must("POST", &format!("/element/{approve}/click"), json!({}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let confirm = loop {
+        if let Ok(t) = b.cmd("GET", "/alert/text", json!({})).await {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the approve button asked nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        confirm
+            .as_str()
+            .unwrap()
+            .contains("Approve step 1 of plan \"dash\""),
+        "{confirm}"
+    );
+    b.must("POST", "/alert/accept", json!({})).await;
+    b.wait_text(&format!("{row} td.step"), 15, "the weight step", |t| {
+        t.contains("2/2 weight 30%")
+    })
+    .await;
+    assert!(!b
+        .must("GET", &format!("/element/{approve}/displayed"), json!({}))
+        .await
+        .as_bool()
+        .unwrap());
+    b.wait_text(
+        &format!("{row} .gate[data-gate=\"error_rate\"]"),
+        20,
+        "the error_rate gate's figure",
+        |t| t.contains("(limit 0.5) pass"),
+    )
+    .await;
+    assert!(b.text(&format!("{row} td.bake")).await.contains("s left"));
+    assert_eq!(b.text(&format!("{row} td.weight")).await, "30%");
+
+    let button = b.find(&format!("{row} button.abort"), 5).await;
+    b.must("POST", &format!("/element/{button}/click"), json!({}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let prompt = loop {
+        if let Ok(t) = b.cmd("GET", "/alert/text", json!({})).await {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abort button opened no prompt"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        prompt.as_str().unwrap().contains("Abort plan \"dash\""),
+        "{prompt}"
+    );
+    b.must("POST", "/alert/text", json!({"text": "from the dashboard"}))
+        .await;
+    b.must("POST", "/alert/accept", json!({})).await;
+    let msg = b
+        .wait_text("#msg", 10, "the abort's result", |t| !t.is_empty())
+        .await;
+    assert!(
+        msg.contains("Plan dash aborted: route users sent back to legacy"),
+        "{msg}"
+    );
+    assert_eq!(spread(&p, "/users/2", 20).await, (0, 20, 0));
+    let h = call(&p, "GET", "/v1/history?limit=1", "").await.json();
+    assert_eq!(
+        h["versions"][0]["reason"],
+        "abort plan dash: from the dashboard"
+    );
+    b.wait_text(&format!("{row} td.status"), 10, "aborted", |t| {
+        t.starts_with("aborted")
+    })
+    .await;
+    let status = tokio::time::timeout(Duration::from_secs(20), runner.wait())
+        .await
+        .expect("the runner stops after the abort")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    b.quit().await;
+}
