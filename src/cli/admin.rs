@@ -785,7 +785,7 @@ pub fn sparkline(counts: &[u64]) -> String {
             if c == 0 {
                 '.'
             } else {
-                BARS[((c - 1) * 8 / max.max(1)).min(7) as usize]
+                BARS[((c * 8 - 1) / max.max(1)).min(7) as usize]
             }
         })
         .collect()
