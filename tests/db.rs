@@ -13,6 +13,36 @@ use common::*;
 use harness::*;
 use mysql_async::prelude::Queryable;
 
+/// `db check --json` from `s` to `t` with `extra` flags: the exit code and each check by name.
+fn db_check(
+    s: &Maria,
+    t: &Maria,
+    extra: &[&str],
+) -> (Option<i32>, BTreeMap<String, serde_json::Value>) {
+    let (su, tu) = (s.url(), t.url());
+    let mut args = vec!["db", "check", "--source", &su, "--target", &tu, "--json"];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    let j: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    let checks = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap().to_string(), c.clone()))
+        .collect();
+    (o.status.code(), checks)
+}
+
+/// The verdict of check `name`.
+fn verdict(checks: &BTreeMap<String, serde_json::Value>, name: &str) -> String {
+    checks
+        .get(name)
+        .and_then(|c| c["verdict"].as_str())
+        .unwrap_or_else(|| panic!("no check {name}: {checks:?}"))
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_check_replicate_and_bad_input() {
     let (s, t) = tokio::join!(Maria::start(1), Maria::start(2));
@@ -47,26 +77,8 @@ async fn status_check_replicate_and_bad_input() {
     assert!(j["servers"][1]["replica"].is_null());
 
     // Not a replica yet: the check fails on `replication` (exit 1) and names it.
-    let o = run(&[
-        "db",
-        "check",
-        "--source",
-        &s.url(),
-        "--target",
-        &t.url(),
-        "--json",
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let verdict = |j: &serde_json::Value, name: &str| -> String {
-        j["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .map(|c| c["verdict"].as_str().unwrap().to_string())
-            .unwrap_or_else(|| panic!("no check {name}: {j}"))
-    };
+    let (code, j) = db_check(&s, &t, &[]);
+    assert_eq!(code, Some(1), "{j:?}");
     assert_eq!(verdict(&j, "replication"), "fail");
     assert_eq!(verdict(&j, "target_read_only"), "fail");
     assert_eq!(verdict(&j, "server_id"), "ok");
@@ -91,21 +103,8 @@ async fn status_check_replicate_and_bad_input() {
         assert!(Instant::now() < deadline, "rows did not replicate");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let o = run(&[
-        "db",
-        "check",
-        "--source",
-        &s.url(),
-        "--target",
-        &t.url(),
-        "--repl-user",
-        REPL_USER,
-        "--max-lag-ms",
-        "5000",
-        "--json",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (code, j) = db_check(&s, &t, &["--repl-user", REPL_USER, "--max-lag-ms", "5000"]);
+    assert_eq!(code, Some(0), "{j:?}");
     for name in [
         "replication",
         "gap_1236",
@@ -115,31 +114,20 @@ async fn status_check_replicate_and_bad_input() {
         "binlog.source",
         "binlog.target",
     ] {
-        assert_eq!(verdict(&j, name), "ok", "{name}: {j}");
+        assert_eq!(verdict(&j, name), "ok", "{name}: {j:?}");
     }
     // switchyard's account holds READ_ONLY ADMIN but is its own: not reported; another is.
     s.exec("CREATE USER 'ops'@'%' IDENTIFIED BY 'ops-pw'").await;
     s.exec("GRANT ALL PRIVILEGES ON *.* TO 'ops'@'%'").await;
-    let o = run(&[
-        "db",
-        "check",
-        "--source",
-        &s.url(),
-        "--target",
-        &t.url(),
-        "--repl-user",
-        REPL_USER,
-        "--json",
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "warnings do not fail: {}",
-        text(&o)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (code, j) = db_check(&s, &t, &["--repl-user", REPL_USER]);
+    assert_eq!(code, Some(0), "warnings do not fail: {j:?}");
     assert_eq!(verdict(&j, "read_only_bypass"), "warn");
-    assert!(j.to_string().contains("ops (0 sessions)"), "{j}");
+    let figure = j["read_only_bypass"]["figure"].as_str().unwrap();
+    assert!(figure.contains("ops (0 sessions)"), "{figure}");
+    assert!(
+        !figure.contains(SY_USER),
+        "switchyard's own account reported: {figure}"
+    );
 
     let o = run(&["db", "status", "--source", &s.url(), "--target", &t.url()]);
     assert!(o.status.success(), "{}", text(&o));
@@ -148,17 +136,8 @@ async fn status_check_replicate_and_bad_input() {
 
     // A stopped SQL thread shows with the replication check failing.
     t.exec("STOP SLAVE SQL_THREAD").await;
-    let o = run(&[
-        "db",
-        "check",
-        "--source",
-        &s.url(),
-        "--target",
-        &t.url(),
-        "--json",
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (code, j) = db_check(&s, &t, &[]);
+    assert_eq!(code, Some(1), "{j:?}");
     assert_eq!(verdict(&j, "replication"), "fail");
 }
 
@@ -187,27 +166,9 @@ async fn preflight_predicts_the_1236_gap_and_finds_errant_transactions() {
         assert!(Instant::now() < deadline, "binlog {first} was never purged");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let check = |target: &Maria| {
-        run(&[
-            "db",
-            "check",
-            "--source",
-            &s.url(),
-            "--target",
-            &target.url(),
-            "--json",
-        ])
-    };
-    let o = check(&t);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let gap = j["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "gap_1236")
-        .unwrap()
-        .clone();
+    let (code, j) = db_check(&s, &t, &[]);
+    assert_eq!(code, Some(1), "{j:?}");
+    let gap = &j["gap_1236"];
     assert_eq!(gap["verdict"], "fail", "{gap}");
     assert!(gap["detail"].as_str().unwrap().contains("1236"), "{gap}");
     // `db replicate` refuses, changing nothing.
@@ -234,15 +195,8 @@ async fn preflight_predicts_the_1236_gap_and_finds_errant_transactions() {
     let pos = s.value("SELECT @@GLOBAL.gtid_binlog_pos").await;
     u.exec(&format!("SET GLOBAL gtid_slave_pos = '{pos}'"))
         .await;
-    let o = check(&u);
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let gap = j["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "gap_1236")
-        .unwrap()
-        .clone();
+    let (_, j) = db_check(&s, &u, &[]);
+    let gap = &j["gap_1236"];
     assert_eq!(gap["verdict"], "ok", "{gap}");
 
     // Errant: a write made on the replica itself.
@@ -254,30 +208,16 @@ async fn preflight_predicts_the_1236_gap_and_finds_errant_transactions() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let o = check(&u);
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let errant = j["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "errant_transactions")
-        .unwrap()
-        .clone();
+    let (_, j) = db_check(&s, &u, &[]);
+    let errant = &j["errant_transactions"];
     assert_eq!(errant["verdict"], "ok", "{errant}");
     u.exec("SET GLOBAL read_only = OFF").await;
     u.exec("INSERT INTO appdb.writes (id, origin) VALUES (1000, 'u')")
         .await;
     u.exec("SET GLOBAL read_only = ON").await;
-    let o = check(&u);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let errant = j["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "errant_transactions")
-        .unwrap()
-        .clone();
+    let (code, j) = db_check(&s, &u, &[]);
+    assert_eq!(code, Some(1), "{j:?}");
+    let errant = &j["errant_transactions"];
     assert_eq!(errant["verdict"], "fail", "{errant}");
     assert!(
         errant["figure"].as_str().unwrap().contains("0-3-"),

@@ -300,10 +300,6 @@ async fn fresh(args: Args, dir: Direction, printer: Printer) -> Result<Report, D
     };
     let admin = AdminClient::new(&args.admin)?.with_actor(ACTOR);
     validate_admin(&admin, &args.routes, &switch).await?;
-    let from = from_ep.connect().await?;
-    let to = to_ep.connect().await?;
-    let from_b = from_ep.connect().await?;
-    let to_b = to_ep.connect().await?;
     let reverse_address = match dir {
         Direction::Forward => args.target_address.clone(),
         Direction::Back => args.source_address.clone(),
@@ -326,25 +322,43 @@ async fn fresh(args: Args, dir: Direction, printer: Printer) -> Result<Report, D
         locked_accounts: vec![],
         abort_reason: None,
     };
-    let mut run = Run {
-        dir: state_dir,
-        journal,
-        from_ep,
-        to_ep,
-        from,
-        to,
-        from_b,
-        to_b,
-        admin,
-        printer,
-        pause_start: None,
-        resumed: false,
-        args,
-    };
+    let mut run = Run::open(
+        state_dir, journal, from_ep, to_ep, admin, printer, false, args,
+    )
+    .await?;
     run.go().await
 }
 
 impl Run {
+    /// Opens two sessions on each server (one for statements the budget may have to kill).
+    #[allow(clippy::too_many_arguments)]
+    async fn open(
+        dir: PathBuf,
+        journal: Journal,
+        from_ep: Endpoint,
+        to_ep: Endpoint,
+        admin: AdminClient,
+        printer: Printer,
+        resumed: bool,
+        args: Args,
+    ) -> Result<Run, DbError> {
+        Ok(Run {
+            from: from_ep.connect().await?,
+            to: to_ep.connect().await?,
+            from_b: from_ep.connect().await?,
+            to_b: to_ep.connect().await?,
+            dir,
+            journal,
+            from_ep,
+            to_ep,
+            admin,
+            printer,
+            pause_start: None,
+            resumed,
+            args,
+        })
+    }
+
     fn event(&self, step: Step, outcome: &'static str, started: Instant, detail: String) {
         self.printer.emit(&Event {
             step: step.name(),
@@ -1206,27 +1220,12 @@ async fn resume(args: Args, dir: Direction, printer: Printer) -> Result<Report, 
     let from_ep = endpoint(&journal.from)?;
     let to_ep = endpoint(&journal.to)?;
     let admin = AdminClient::new(&journal.admin)?.with_actor(ACTOR);
-    let from = from_ep.connect().await?;
-    let to = to_ep.connect().await?;
-    let from_b = from_ep.connect().await?;
-    let to_b = to_ep.connect().await?;
     let forward = journal.forward_only();
     let last = journal.last_started();
-    let mut run = Run {
-        dir: state_dir,
-        journal,
-        from_ep,
-        to_ep,
-        from,
-        to,
-        from_b,
-        to_b,
-        admin,
-        printer,
-        pause_start: None,
-        resumed: true,
-        args,
-    };
+    let mut run = Run::open(
+        state_dir, journal, from_ep, to_ep, admin, printer, true, args,
+    )
+    .await?;
     if !forward {
         let at = last.unwrap_or(Step::Preflight);
         return run
