@@ -440,6 +440,37 @@ fn types_of(sets: &[&ResourceRecordSet]) -> BTreeSet<String> {
     sets.iter().map(|r| r.r#type.as_str().to_string()).collect()
 }
 
+/// The records of `name` that `keep` selects (of type `given`, when given), all of one type:
+/// none is [`DnsError::Nothing`] saying `none`, several types [`DnsError::Ambiguous`].
+fn of_one_type<'a>(
+    recs: &'a [ResourceRecordSet],
+    given: Option<&RrType>,
+    keep: impl Fn(&ResourceRecordSet) -> bool,
+    none: &str,
+    name: &str,
+    zone: &str,
+) -> Result<Vec<&'a ResourceRecordSet>> {
+    let sets: Vec<&ResourceRecordSet> = recs
+        .iter()
+        .filter(|r| keep(r) && given.is_none_or(|t| r.r#type == *t))
+        .collect();
+    if sets.is_empty() {
+        return Err(DnsError::Nothing {
+            name: name.to_string(),
+            zone: zone.to_string(),
+            what: none.into(),
+        });
+    }
+    let types = types_of(&sets);
+    if types.len() > 1 {
+        return Err(DnsError::Ambiguous {
+            name: name.to_string(),
+            types: types.into_iter().collect::<Vec<_>>().join(", "),
+        });
+    }
+    Ok(sets)
+}
+
 /// The type `switch` writes: `--type`, else what the target and the name's records say.
 /// A name with A and AAAA records cannot be switched to an alias or a host name without
 /// `--type`: which one is meant is not for switchyard to guess.
@@ -942,24 +973,14 @@ pub async fn to_plain(client: &Client, a: &ToPlainArgs) -> Result<Outcome> {
         zone: a.zone.clone(),
     };
     let recs = r53.records(&name).await?;
-    let weighted: Vec<&ResourceRecordSet> = recs
-        .iter()
-        .filter(|r| r.weight.is_some() && given.as_ref().is_none_or(|t| r.r#type == *t))
-        .collect();
-    if weighted.is_empty() {
-        return Err(DnsError::Nothing {
-            name,
-            zone: a.zone.clone(),
-            what: "no weighted records".into(),
-        });
-    }
-    let types = types_of(&weighted);
-    if types.len() > 1 {
-        return Err(DnsError::Ambiguous {
-            name,
-            types: types.into_iter().collect::<Vec<_>>().join(", "),
-        });
-    }
+    let weighted = of_one_type(
+        &recs,
+        given.as_ref(),
+        |r| r.weight.is_some(),
+        "no weighted records",
+        &name,
+        &a.zone,
+    )?;
     let kept = match &a.keep {
         Some(id) => weighted
             .iter()
@@ -1174,24 +1195,14 @@ pub async fn failover(client: &Client, a: &FailoverArgs) -> Result<Outcome> {
         zone: a.zone.clone(),
     };
     let recs = r53.records(&name).await?;
-    let fo: Vec<&ResourceRecordSet> = recs
-        .iter()
-        .filter(|r| r.failover.is_some() && given.as_ref().is_none_or(|t| r.r#type == *t))
-        .collect();
-    if fo.is_empty() {
-        return Err(DnsError::Nothing {
-            name,
-            zone: a.zone.clone(),
-            what: "no failover records".into(),
-        });
-    }
-    let types = types_of(&fo);
-    if types.len() > 1 {
-        return Err(DnsError::Ambiguous {
-            name,
-            types: types.into_iter().collect::<Vec<_>>().join(", "),
-        });
-    }
+    let fo = of_one_type(
+        &recs,
+        given.as_ref(),
+        |r| r.failover.is_some(),
+        "no failover records",
+        &name,
+        &a.zone,
+    )?;
     let role = |f: ResourceRecordSetFailover| -> Vec<&ResourceRecordSet> {
         fo.iter()
             .copied()
