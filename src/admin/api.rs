@@ -347,6 +347,14 @@ async fn v1(state: &Arc<AdminState>, call: &mut Call, rest: &[&str]) -> Result<R
             only(&m, &Method::GET, "GET")?;
             Ok(ok(stats()))
         }
+        ["shadow", route @ ..] if route.len() <= 1 => {
+            only(&m, &Method::GET, "GET")?;
+            super::shadow::view(&state.store.load(), route.first().copied())
+                .map(|v| ok(json!(v)))
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("no shadow results for route {:?}", route.join("/")))
+                })
+        }
         _ => Err(ApiError::NotFound(format!("/v1/{}", rest.join("/")))),
     }
 }

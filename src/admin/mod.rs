@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod history;
 pub mod ledger;
 pub mod server;
+pub mod shadow;
 pub mod summary;
 pub mod types;
 
