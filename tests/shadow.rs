@@ -296,6 +296,7 @@ async fn each_difference_is_counted_and_shown() {
         "{text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("switchyard shadow api:\n{text}");
     assert!(text.contains("40.0%"), "{text}");
     assert!(
         text.contains("status_mismatch GET /api/e: primary 200"),
