@@ -387,6 +387,14 @@ async fn v1(state: &Arc<AdminState>, call: &mut Call, rest: &[&str]) -> Result<R
             let body = read_body(call).await?;
             Ok(ok(json!(super::plans::approve(name, &body)?)))
         }
+        ["shadow", route @ ..] if route.len() <= 1 => {
+            only(&m, &Method::GET, "GET")?;
+            super::shadow::view(&state.store.load(), route.first().copied())
+                .map(|v| ok(json!(v)))
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("no shadow results for route {:?}", route.join("/")))
+                })
+        }
         _ => Err(ApiError::NotFound(format!("/v1/{}", rest.join("/")))),
     }
 }

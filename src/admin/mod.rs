@@ -11,6 +11,7 @@ pub mod history;
 pub mod ledger;
 pub mod plans;
 pub mod server;
+pub mod shadow;
 pub mod summary;
 pub mod types;
 

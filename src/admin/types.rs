@@ -275,3 +275,32 @@ pub struct PlanApproveBody {
     #[serde(default)]
     pub step: Option<usize>,
 }
+
+pub use crate::proxy::shadow::ShadowMismatch;
+
+/// `GET /v1/shadow` and `GET /v1/shadow/{route}`: shadow comparison results per route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowView {
+    /// Shadow copies (and captures waiting for their primary) in flight now.
+    pub inflight: u64,
+    /// The cap on them (`[proxy] shadow_max_inflight`).
+    pub max_inflight: u64,
+    /// Per route id: every route with a `shadow` option since the process started.
+    pub routes: BTreeMap<String, RouteShadowView>,
+}
+
+/// One route's shadow results.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteShadowView {
+    /// The shadow upstream in the live table; `None` when the route no longer shadows.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Count per result (`match`, `status_mismatch`, ..., `skipped`) since the process started.
+    pub counts: BTreeMap<String, u64>,
+    /// `match` over compared pairs (errors and skips excluded); `None` before any comparison.
+    #[serde(default)]
+    pub match_rate: Option<f64>,
+    /// The most recent mismatches and failed copies, newest first (at most 20).
+    #[serde(default)]
+    pub recent: Vec<ShadowMismatch>,
+}

@@ -1,5 +1,5 @@
 //! The operator commands over the admin API (`switchyard table`, `weight`, `rollback`,
-//! `revert`, `history`, `diff`, `hold`, `release`, `adopt`, `upstreams`, `inflight`, `traffic`).
+//! `revert`, `history`, `diff`, `hold`, `release`, `adopt`, `upstreams`, `inflight`, `traffic`, `shadow`).
 //!
 //! Each takes `--admin URL` (default `http://127.0.0.1:9090`, or `SWITCHYARD_ADMIN`) and reads
 //! the token from `SWITCHYARD_ADMIN_TOKEN`. Output is a readable table by default and the
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::admin::client::AdminClient;
 use crate::admin::summary::{self, ChangeKind, Summary};
 use crate::admin::types::{
-    ChangeResult, HoldRequest, HoldView, InflightView, OnExpiry, RoutePatchBody,
+    ChangeResult, HoldRequest, HoldView, InflightView, OnExpiry, RoutePatchBody, ShadowView,
 };
 use crate::config::TableFile;
 use crate::metrics::traffic::{self, TrafficView};
@@ -156,6 +156,13 @@ pub enum AdminCommand {
         #[arg(long, default_value = "15m")]
         window: String,
     },
+    /// Shadow traffic results per route: counts, match rate and the recent mismatches.
+    Shadow {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this route.
+        route: Option<String>,
+    },
 }
 
 pub use crate::admin::client::ClientError as CliError;
@@ -271,6 +278,7 @@ fn conn_of(cmd: &AdminCommand) -> &Conn {
         | AdminCommand::Upstreams { conn }
         | AdminCommand::Inflight { conn }
         | AdminCommand::Traffic { conn, .. } => conn,
+        AdminCommand::Shadow { conn, .. } => conn,
     }
 }
 
@@ -452,7 +460,83 @@ fn execute(cmd: &AdminCommand) -> Result<String, CliError> {
                 show_traffic(&t)
             })
         }
+        AdminCommand::Shadow { route, .. } => {
+            let path = match route {
+                Some(r) => format!("/v1/shadow/{r}"),
+                None => "/v1/shadow".to_string(),
+            };
+            let v: ShadowView = api.typed(api.client.get(&path))?;
+            Ok(if conn.json {
+                as_json(&v)
+            } else {
+                show_shadow(&v)
+            })
+        }
     }
+}
+
+/// Per route: counts and match rate, then the recent mismatches.
+fn show_shadow(v: &ShadowView) -> String {
+    let n = |c: &BTreeMap<String, u64>, k: &str| c.get(k).copied().unwrap_or(0).to_string();
+    let rows: Vec<Vec<String>> = v
+        .routes
+        .iter()
+        .map(|(id, r)| {
+            vec![
+                id.clone(),
+                r.upstream.clone().unwrap_or_else(|| "-".into()),
+                r.match_rate
+                    .map_or_else(|| "-".into(), |m| format!("{:.1}%", m * 100.0)),
+                n(&r.counts, "match"),
+                n(&r.counts, "status_mismatch"),
+                n(&r.counts, "header_mismatch"),
+                n(&r.counts, "body_mismatch"),
+                n(&r.counts, "shadow_error"),
+                n(&r.counts, "skipped"),
+            ]
+        })
+        .collect();
+    let mut out = columns(
+        &[
+            "ROUTE", "SHADOW", "MATCH%", "MATCH", "STATUS", "HEADER", "BODY", "ERROR", "SKIPPED",
+        ],
+        &rows,
+    );
+    out.push_str(&format!(
+        "\nin flight: {} (cap {})\n",
+        v.inflight, v.max_inflight
+    ));
+    for (id, r) in &v.routes {
+        if r.recent.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\nrecent mismatches of {id}:\n"));
+        for m in &r.recent {
+            let mut line = format!(
+                "  {} {} {} {}: primary {} ({} B), shadow {} ({} B)",
+                m.time,
+                m.result,
+                m.method,
+                m.path,
+                m.primary_status,
+                m.primary_bytes,
+                m.shadow_status,
+                m.shadow_bytes
+            );
+            if let Some(h) = &m.header {
+                line.push_str(&format!("; header {h}"));
+            }
+            if let Some(e) = &m.error {
+                line.push_str(&format!("; {e}"));
+            }
+            out.push_str(&line);
+            out.push('\n');
+            for d in &m.json_diff {
+                out.push_str(&format!("      {d}\n"));
+            }
+        }
+    }
+    out
 }
 
 fn s(v: &Value) -> String {

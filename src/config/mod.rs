@@ -41,6 +41,10 @@ pub struct ProxyFile {
     /// Add `x-switchyard-upstream: NAME` to responses. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_header: Option<bool>,
+    /// Most shadow requests (see [`ShadowFile`]) in flight at once, across routes; a request
+    /// over the cap is not shadowed (counted as `skipped`). Default 128.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_max_inflight: Option<usize>,
 }
 
 /// `[upstreams.NAME]`: where and how to reach one backend.
@@ -167,6 +171,42 @@ pub struct RouteFile {
     /// Largest request body kept for a replay; larger bodies are never retried. Default 65536.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_buffer_bytes: Option<usize>,
+    /// Copy a share of the requests to another upstream and compare its answers; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowFile>,
+}
+
+/// `shadow = { upstream = "new", percent = 10 }`: after the primary answered the client, the
+/// same request is sent to `upstream` (with `x-switchyard-shadow: 1`), its answer is compared
+/// with the primary's and dropped. The client never waits for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowFile {
+    /// The upstream receiving the copies (plain HTTP).
+    pub upstream: String,
+    /// Percent of the route's eligible requests copied (two decimals allowed). Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Methods copied. Default `["GET", "HEAD"]`; list others (POST...) only if the shadow
+    /// backend does not write, or ignores requests carrying `x-switchyard-shadow`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// What is compared: `status`, `headers`, `body`. Default `["status", "body"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare: Vec<String>,
+    /// Response headers compared (implies `headers`); empty = every header not ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    /// Response headers never compared (besides `date`, `content-length`, hop-by-hop headers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_headers: Vec<String>,
+    /// JSON fields left out when both bodies are JSON: a key name (at any depth) or a dotted
+    /// path from the top (`meta.ts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_json_fields: Vec<String>,
+    /// Bytes of each body read and hashed (and kept for a JSON comparison). Default 1048576.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
 }
 
 /// A string or a list of strings (`fallback = "legacy"` or `fallback = ["a", "b"]`).

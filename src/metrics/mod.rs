@@ -36,6 +36,11 @@ pub struct Metrics {
     /// `switchyard_rejected_total{reason}`: requests answered by switchyard itself before any
     /// upstream saw them (`hold_queue_full`, `hold_expired`).
     pub rejected: IntCounterVec,
+    /// `switchyard_shadow_total{route,result}`; `result` is one of [`SHADOW_RESULTS`].
+    pub shadow: IntCounterVec,
+    /// `switchyard_shadow_duration_seconds{route,side}`; `side` is `primary` or `shadow`,
+    /// observed for each compared pair.
+    pub shadow_duration: HistogramVec,
     /// `switchyard_upstream_attempts_total{route,upstream,outcome}`: every attempt at an
     /// upstream, whoever finally answered the client; `outcome` is one of [`ATTEMPT_OUTCOMES`].
     /// Plan gates judge a backend by these, not by what the client saw after a fallback.
@@ -44,6 +49,16 @@ pub struct Metrics {
     /// upstream to its response head (or the attempt's failure).
     pub attempt_duration: HistogramVec,
 }
+
+/// `result` label values of `switchyard_shadow_total`, indexed by `proxy::shadow::Outcome`.
+pub const SHADOW_RESULTS: [&str; 6] = [
+    "match",
+    "status_mismatch",
+    "header_mismatch",
+    "body_mismatch",
+    "shadow_error",
+    "skipped",
+];
 
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -182,8 +197,27 @@ impl Metrics {
             &["route", "upstream"],
         )
         .expect("static metric definition");
+        let shadow = IntCounterVec::new(
+            Opts::new(
+                "switchyard_shadow_total",
+                "Shadow copies of requests, by route and comparison result.",
+            ),
+            &["route", "result"],
+        )
+        .expect("static metric definition");
+        let shadow_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_shadow_duration_seconds",
+                "Duration of compared primary and shadow requests, by side.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route", "side"],
+        )
+        .expect("static metric definition");
         for c in [
-            Box::new(rejected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shadow.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shadow_duration.clone()),
+            Box::new(rejected.clone()),
             Box::new(requests.clone()),
             Box::new(attempts.clone()),
             Box::new(attempt_duration.clone()),
@@ -208,6 +242,8 @@ impl Metrics {
             fallbacks,
             access_log_dropped,
             rejected,
+            shadow,
+            shadow_duration,
             attempts,
             attempt_duration,
         }
@@ -231,6 +267,24 @@ impl Metrics {
             attempt_duration: self.attempt_duration.with_label_values(&[route, upstream]),
         }
     }
+}
+
+/// Handles for one route's shadow results, so recording one does no label lookups.
+pub fn shadow_stats(route: &str) -> ShadowStats {
+    let m = &*METRICS;
+    ShadowStats {
+        results: SHADOW_RESULTS.map(|r| m.shadow.with_label_values(&[route, r])),
+        primary: m.shadow_duration.with_label_values(&[route, "primary"]),
+        shadow: m.shadow_duration.with_label_values(&[route, "shadow"]),
+    }
+}
+
+/// Resolved shadow counters and histograms of one route.
+#[derive(Clone)]
+pub struct ShadowStats {
+    pub results: [IntCounter; 6],
+    pub primary: Histogram,
+    pub shadow: Histogram,
 }
 
 /// Resolved counters for one route/upstream pair; cached per table in the route.

@@ -9,6 +9,7 @@
 pub mod decide;
 pub mod hold;
 pub mod log;
+pub mod shadow;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
@@ -90,6 +91,8 @@ pub struct Ctx {
     counted_inflight: bool,
     /// When the current attempt chose its upstream; `None` once the attempt is counted.
     attempt_start: Option<Instant>,
+    /// A shadow copy in the making (see [`shadow`]); `None` for most requests.
+    shadow: Option<Box<shadow::Capture>>,
 }
 
 impl Ctx {
@@ -280,6 +283,7 @@ impl ProxyHttp for Proxy {
             status: 0,
             counted_inflight: false,
             attempt_start: None,
+            shadow: None,
         }
     }
 
@@ -312,6 +316,10 @@ impl ProxyHttp for Proxy {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
+        if let (Some(ri), Some(t)) = (ctx.route, ctx.table.as_ref()) {
+            let max = t.proxy.shadow_max_inflight;
+            ctx.shadow = shadow::begin(&t.routes[ri], max, session.req_header(), ctx.declared_body);
+        }
         Ok(false)
     }
 
@@ -327,6 +335,9 @@ impl ProxyHttp for Proxy {
         if let Some(b) = body.as_ref() {
             ctx.body_bytes += b.len();
             ctx.body_seen = ctx.body_seen.max(ctx.body_bytes);
+            if let Some(c) = ctx.shadow.as_mut() {
+                c.request_chunk(b);
+            }
         }
         Ok(())
     }
@@ -404,6 +415,9 @@ impl ProxyHttp for Proxy {
             return Ok(());
         };
         ctx.body_bytes = 0;
+        if let Some(c) = ctx.shadow.as_mut() {
+            c.restart_body();
+        }
         let up = &table.upstreams[u];
         // The Host the client sent, before any rewrite: a reference-counted clone.
         let client_host = session.req_header().headers.get(header::HOST).cloned();
@@ -480,12 +494,28 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(c) = ctx.shadow.as_mut() {
+            c.primary_head(resp.status.as_u16(), &resp.headers);
+        }
         if let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) {
             if table.proxy.response_header {
                 resp.insert_header(UPSTREAM_HEADER, table.upstreams[u].name_header.clone())?;
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(c), Some(b)) = (ctx.shadow.as_mut(), body.as_ref()) {
+            c.primary_chunk(b);
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -641,6 +671,9 @@ impl ProxyHttp for Proxy {
             .filter(|&s| s != 0)
             .unwrap_or(ctx.status);
         let elapsed = ctx.start.elapsed();
+        if let (Some(c), Some(t)) = (ctx.shadow.take(), ctx.table.as_ref()) {
+            shadow::finish(c, t.clone(), elapsed, e.is_none() && ctx.status == 0);
+        }
         let table = ctx.table.as_ref();
         let route = ctx.route.and_then(|ri| table.map(|t| &t.routes[ri]));
         let upstream = ctx.upstream.and_then(|u| table.map(|t| &t.upstreams[u]));

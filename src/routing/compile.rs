@@ -159,6 +159,11 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
             }
         }
         proxy.response_header = p.response_header.unwrap_or(true);
+        match p.shadow_max_inflight {
+            Some(0) => d.err(file, "[proxy]", "shadow_max_inflight", "must be at least 1"),
+            Some(n) => proxy.shadow_max_inflight = n,
+            None => {}
+        }
     }
 
     // Upstreams.
@@ -261,6 +266,19 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
                 format!("{retry_buffer_bytes} is above the proxy's replay buffer of {MAX_RETRY_BUFFER} bytes"),
             );
         }
+        let shadow = r.shadow.as_ref().and_then(|f| {
+            let lookup = |n: &str| {
+                let i = *up_index.get(n)?;
+                Some((i, upstreams.get(i).is_some_and(|u: &Upstream| u.tls)))
+            };
+            crate::proxy::shadow::compile(f, &r.id, retry_buffer_bytes, lookup)
+                .map_err(|errs| {
+                    errs.into_iter()
+                        .for_each(|(f, m)| d.err(file, &subject, &f, m))
+                })
+                .ok()
+                .map(Arc::new)
+        });
         if let (Some(pattern), Some(dist)) = (pattern, dist) {
             let route = Route {
                 id: r.id.as_str().into(),
@@ -271,6 +289,7 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
                 sticky,
                 retry_non_idempotent: r.retry_non_idempotent,
                 retry_buffer_bytes,
+                shadow,
                 inflight: super::inflight::counter(&r.id),
                 stats: (0..upstreams.len()).map(|_| OnceLock::new()).collect(),
             };

@@ -54,6 +54,8 @@ pub struct ProxySettings {
     pub override_secret: Option<String>,
     /// Add `x-switchyard-upstream` to responses.
     pub response_header: bool,
+    /// Most shadow copies in flight at once (`[proxy] shadow_max_inflight`).
+    pub shadow_max_inflight: usize,
 }
 
 impl Default for ProxySettings {
@@ -62,6 +64,7 @@ impl Default for ProxySettings {
             override_header: Some(http::HeaderName::from_static("x-switchyard-upstream")),
             override_secret: None,
             response_header: true,
+            shadow_max_inflight: crate::proxy::shadow::DEFAULT_MAX_INFLIGHT,
         }
     }
 }
@@ -79,6 +82,8 @@ pub struct Route {
     pub sticky: Option<StickyKey>,
     pub retry_non_idempotent: bool,
     pub retry_buffer_bytes: usize,
+    /// The `shadow` option: copies of a share of requests, compared and dropped.
+    pub shadow: Option<Arc<crate::proxy::shadow::ShadowSpec>>,
     /// Requests in flight on this route (by id, across tables).
     pub inflight: Arc<std::sync::atomic::AtomicI64>,
     /// Metric handles per upstream index, resolved on first use.
