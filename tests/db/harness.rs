@@ -66,10 +66,20 @@ fn which(names: &[&str]) -> PathBuf {
 fn template() -> &'static Path {
     static T: OnceLock<PathBuf> = OnceLock::new();
     T.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-mariadb-template-{}",
-            std::process::id()
-        ));
+        // The template outlives the process (statics are not dropped): remove those of test
+        // processes that are gone, so runs do not pile up copies in the temp directory.
+        const PREFIX: &str = "switchyard-mariadb-template-";
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix(PREFIX) {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let out = Command::new(which(&["mariadb-install-db", "mysql_install_db"]))
