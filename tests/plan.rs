@@ -1380,3 +1380,56 @@ async fn attempts_are_counted_per_upstream_whoever_answered() {
     assert_eq!(all, 4.0, "{m}");
     assert_eq!(slow, 3.0, "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_match_gate_stops_a_plan_before_live_traffic_moves() {
+    let new = Origin::start("new").await;
+    let legacy = Origin::start("legacy").await;
+    // Every request to `users` is copied to `new`, whose answers differ (they name the origin).
+    let table = routes(&new, &legacy).replace(
+        "fallback = \"legacy\"\n",
+        "fallback = \"legacy\"\nshadow = { upstream = \"new\", percent = 100 }\n",
+    );
+    let dir = routes_dir(&table);
+    let p = start(dir.path()).await;
+    let state = tempfile::tempdir().unwrap();
+    // A 0% step first: the gate judges the shadow before any live request moves.
+    let plan = plan_file(
+        dir.path(),
+        "shadowed",
+        &p,
+        "1s",
+        "[[gates]]\nkind = \"shadow_match\"\nmin_rate = 0.9\nmin_compared = 5\n\
+         [[steps]]\nweight = 0\nbake = \"30s\"\n\
+         [[steps]]\nweight = 50\nbake = \"5s\"\n",
+    );
+    let load = Load::start(&p);
+    let r = Runner::start(
+        state.path(),
+        &["plan", "run", "--json", plan.to_str().unwrap()],
+        &[],
+    );
+    let (code, err, events) = r.finish(60).await;
+    load.stop().await;
+    assert_eq!(code, 1, "stderr: {err}");
+    assert!(err.contains("gate shadow_match"), "{err}");
+    assert!(err.contains("step 1/2"), "{err}");
+    // The figure it stopped on: no answer matched.
+    let failed = events
+        .iter()
+        .rev()
+        .find_map(|e| {
+            e["gates"]
+                .as_array()
+                .and_then(|g| g.iter().find(|g| g["verdict"] == "fail").cloned())
+        })
+        .expect("a failing gate figure");
+    assert_eq!(failed["name"], "shadow_match");
+    assert_eq!(failed["figure"], 0.0, "{failed}");
+    // Live traffic never moved: no history version ever gave `new` more than 0%.
+    for v in history(&p).await {
+        let s = v.to_string();
+        assert!(!s.contains("new=50") && !s.contains("\"new\":50"), "{s}");
+    }
+    assert_on_legacy(&p).await;
+}

@@ -90,6 +90,18 @@ pub enum GateFile {
         #[serde(default)]
         grace: Option<String>,
     },
+    /// The share of the route's shadow copies whose answers matched the primary's (the route's
+    /// `shadow` option), counted by the proxy since it started (`GET /v1/shadow/ROUTE`): a plan
+    /// can refuse to shift live traffic until the new backend answers like the old one.
+    ShadowMatch {
+        /// Smallest acceptable share of matching answers (0.99 = 99%).
+        min_rate: f64,
+        /// Below this many compared answers: no verdict yet (default 10, as `min_requests`).
+        #[serde(default)]
+        min_compared: Option<u64>,
+        #[serde(default)]
+        grace: Option<String>,
+    },
     /// A PromQL expression's value, through a Prometheus server's `/api/v1/query`.
     Prometheus {
         url: String,
@@ -542,6 +554,24 @@ fn compile_gate(p: &mut Problems<'_>, i: usize, g: &GateFile, interval: Duration
             };
             (kind, grace_of(p, grace))
         }
+        GateFile::ShadowMatch {
+            min_rate,
+            min_compared,
+            grace,
+        } => {
+            if !(min_rate.is_finite() && (0.0..=1.0).contains(min_rate)) {
+                at.push(
+                    p,
+                    "min_rate",
+                    format!("{min_rate} is not a share from 0 to 1 (0.99 = 99%)"),
+                );
+            }
+            let kind = GateKind::ShadowMatch {
+                min_rate: *min_rate,
+                min_compared: min_compared.unwrap_or(super::gate::DEFAULT_MIN_REQUESTS),
+            };
+            (kind, grace_of(p, grace))
+        }
         GateFile::Cloudwatch {
             api_name,
             stage,
@@ -795,6 +825,27 @@ mod tests {
     }
 
     const HEAD: &str = "name = \"users-to-lambda\"\nroute = \"users\"\nto = \"new\"\nfrom = \"legacy\"\ninterval = \"5s\"\n";
+
+    #[test]
+    fn shadow_match_gate() {
+        let plan = check(&format!(
+            "{HEAD}[[gates]]\nkind = \"shadow_match\"\nmin_rate = 0.99\n[[steps]]\nweight = 5\nbake = \"10s\"\n"
+        ))
+        .unwrap();
+        assert!(matches!(
+            plan.gates[0].kind,
+            GateKind::ShadowMatch { min_rate, min_compared: 10 } if min_rate == 0.99
+        ));
+        let e = check(&format!(
+            "{HEAD}[[gates]]\nkind = \"shadow_match\"\nmin_rate = 99\n[[steps]]\nweight = 5\nbake = \"10s\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.iter()
+                .any(|p| p.field.ends_with("min_rate") && p.message.contains("share from 0 to 1")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn good_plan() {

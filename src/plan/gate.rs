@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::admin::client::AdminClient;
-use crate::admin::types::GateFigure;
+use crate::admin::types::{GateFigure, RouteShadowView, ShadowView};
 use crate::control::aws::{human_duration, AwsArgs};
 use crate::control::cloudwatch::{self, Sample, Target};
 
@@ -30,6 +30,8 @@ pub enum GateError {
     CloudWatch(String),
     #[error("Prometheus {url}: {message}")]
     Prometheus { url: String, message: String },
+    #[error("shadow results: {0}")]
+    Shadow(String),
 }
 
 /// What a gate measures. New kinds (a `shadow_match` gate comparing answers) are new variants
@@ -57,6 +59,9 @@ pub enum GateKind {
         min_requests: f64,
         window: Duration,
     },
+    /// Matching shadow answers / compared shadow answers of the plan's route since the proxy
+    /// started; fails below `min_rate`, no verdict below `min_compared`.
+    ShadowMatch { min_rate: f64, min_compared: u64 },
     /// A PromQL expression's first value; fails above `max` or below `min`.
     Prometheus {
         url: String,
@@ -91,6 +96,7 @@ impl Gate {
                     .unwrap_or("?")
             ),
             GateKind::Prometheus { .. } => "prometheus".to_string(),
+            GateKind::ShadowMatch { .. } => "shadow_match".to_string(),
         };
         Gate { name, kind, grace }
     }
@@ -102,6 +108,7 @@ impl Gate {
             GateKind::LatencyP99 { max_ms, .. } => (*max_ms, "ms"),
             GateKind::CloudWatch { max_error_rate, .. } => (*max_error_rate, "%"),
             GateKind::Prometheus { max, min, .. } => (max.or(*min).unwrap_or(0.0), ""),
+            GateKind::ShadowMatch { min_rate, .. } => (*min_rate, "ratio"),
         }
     }
 }
@@ -127,6 +134,38 @@ impl Verdict {
             Verdict::Error => "error",
         }
     }
+}
+
+/// The `shadow_match` verdict from one route's shadow counts: (figure, verdict, detail).
+fn judge_shadow(
+    r: Option<&RouteShadowView>,
+    min_rate: f64,
+    min_compared: u64,
+) -> (Option<f64>, Verdict, String) {
+    let count = |k: &str| r.and_then(|r| r.counts.get(k)).copied().unwrap_or(0);
+    let matched = count("match");
+    let compared =
+        matched + count("status_mismatch") + count("header_mismatch") + count("body_mismatch");
+    let detail = format!(
+        "{matched} of {compared} compared shadow answers matched ({} shadow errors, {} skipped)",
+        count("shadow_error"),
+        count("skipped")
+    );
+    if compared < min_compared {
+        let rate = (compared > 0).then(|| matched as f64 / compared as f64);
+        return (
+            rate,
+            Verdict::Pending,
+            format!("{detail}; at least {min_compared} for a verdict"),
+        );
+    }
+    let rate = matched as f64 / compared as f64;
+    let v = if rate >= min_rate {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    (Some(rate), v, detail)
 }
 
 /// One reading of `to`'s attempt counters on `route`.
@@ -365,6 +404,14 @@ impl Gates {
                         (figure, v, detail)
                     }
                 }),
+                GateKind::ShadowMatch {
+                    min_rate,
+                    min_compared,
+                } => client
+                    .get::<ShadowView>(&format!("/v1/shadow/{}", self.route))
+                    .await
+                    .map_err(|e| GateError::Shadow(e.to_string()))
+                    .map(|v| judge_shadow(v.routes.get(&self.route), *min_rate, *min_compared)),
                 GateKind::Prometheus {
                     url,
                     query,
@@ -626,6 +673,38 @@ async fn http_get(url: &str) -> Result<(u16, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shadow_match_verdicts() {
+        let view = |m: u64, mism: u64| RouteShadowView {
+            counts: [
+                ("match".to_string(), m),
+                ("body_mismatch".to_string(), mism),
+                ("skipped".to_string(), 5),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let (f, v, d) = judge_shadow(Some(&view(95, 5)), 0.9, 20);
+        assert_eq!((f, v), (Some(0.95), Verdict::Pass), "{d}");
+        assert!(d.contains("95 of 100") && d.contains("5 skipped"), "{d}");
+        let (f, v, _) = judge_shadow(Some(&view(80, 20)), 0.9, 20);
+        assert_eq!((f, v), (Some(0.8), Verdict::Fail));
+        // Too few compared: no verdict, skips do not count as compared.
+        let (f, v, d) = judge_shadow(Some(&view(3, 1)), 0.9, 20);
+        assert_eq!((f, v), (Some(0.75), Verdict::Pending), "{d}");
+        let (f, v, _) = judge_shadow(None, 0.9, 20);
+        assert_eq!((f, v), (None, Verdict::Pending));
+        let g = Gate::new(
+            GateKind::ShadowMatch {
+                min_rate: 0.99,
+                min_compared: 20,
+            },
+            Duration::from_secs(30),
+        );
+        assert_eq!(g.name, "shadow_match");
+        assert_eq!(g.threshold(), (0.99, "ratio"));
+    }
 
     fn samples(text: &str) -> Vec<Sample> {
         cloudwatch::parse_prometheus(text).unwrap()
