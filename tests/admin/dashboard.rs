@@ -782,3 +782,47 @@ async fn dashboard_shows_a_running_plan_approves_it_and_its_abort_button_rolls_b
     load.await.unwrap();
     b.quit().await;
 }
+
+// ---- Shadow traffic: each shadowed route shows its match rate -----------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_shadow_match_rate_of_a_route() {
+    let new = Origin::start("new").await;
+    let legacy = Origin::start("legacy").await;
+    // `static` (on legacy) is copied to `new`, whose answers differ: they name the origin.
+    let routes = table(&new, &legacy, SPLIT).replace(
+        "path = \"/static/*\"\nto = \"legacy\"\n",
+        "path = \"/static/*\"\nto = \"legacy\"\nshadow = { upstream = \"new\", percent = 100 }\n",
+    );
+    assert!(routes.contains("shadow ="), "{routes}");
+    let dir = routes_dir(&routes);
+    let p = start(dir.path(), &[]).await;
+    let c = client();
+    for i in 0..12 {
+        let r = send(&c, "GET", &p.url(&format!("/static/{i}")), &[], "")
+            .await
+            .unwrap();
+        assert_eq!(r.origin(), "legacy");
+    }
+    wait_for(10, "12 compared copies", || async {
+        let j = call(&p, "GET", "/v1/shadow/static", "").await.json();
+        j["routes"]["static"]["counts"]["body_mismatch"] == 12
+    })
+    .await;
+
+    let b = Browser::start().await;
+    b.must("POST", "/url", json!({"url": p.admin_url("/")}))
+        .await;
+    let badge = "#routes tr[data-route=\"static\"] span.shadow[data-shadow-route=\"static\"]";
+    let text = b
+        .wait_text(badge, 15, "the shadow badge", |t| t.contains("% match"))
+        .await;
+    assert_eq!(text, "shadow to new: 0.0% match of 12", "{text}");
+    assert!(b.attr(badge, "class").await.contains("bad"));
+    // Routes without a shadow option get no badge.
+    assert!(b
+        .try_find("#routes tr[data-route=\"users\"] span.shadow")
+        .await
+        .is_none());
+    b.quit().await;
+}
