@@ -86,16 +86,7 @@ async fn status_check_replicate_and_bad_input() {
     // Writes on the source before replication starts: the target gets them from the binlog.
     s.exec("INSERT INTO appdb.writes (id, origin) VALUES (1, 's'), (2, 's')")
         .await;
-    let o = run(&[
-        "db",
-        "replicate",
-        "--source",
-        &s.url(),
-        "--target",
-        &t.url(),
-        "--repl-user",
-        REPL_USER,
-    ]);
+    let o = db_replicate(&s, &t);
     assert!(o.status.success(), "{}", text(&o));
     assert!(t.read_only().await);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -172,16 +163,7 @@ async fn preflight_predicts_the_1236_gap_and_finds_errant_transactions() {
     assert_eq!(gap["verdict"], "fail", "{gap}");
     assert!(gap["detail"].as_str().unwrap().contains("1236"), "{gap}");
     // `db replicate` refuses, changing nothing.
-    let o = run(&[
-        "db",
-        "replicate",
-        "--source",
-        &s.url(),
-        "--target",
-        &t.url(),
-        "--repl-user",
-        REPL_USER,
-    ]);
+    let o = db_replicate(&s, &t);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("refused, nothing changed"),

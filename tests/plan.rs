@@ -1426,10 +1426,18 @@ async fn shadow_match_gate_stops_a_plan_before_live_traffic_moves() {
         .expect("a failing gate figure");
     assert_eq!(failed["name"], "shadow_match");
     assert_eq!(failed["figure"], 0.0, "{failed}");
-    // Live traffic never moved: no history version ever gave `new` more than 0%.
-    for v in history(&p).await {
-        let s = v.to_string();
-        assert!(!s.contains("new=50") && !s.contains("\"new\":50"), "{s}");
-    }
+    // Live traffic never moved: progress was reported at 0% (events carry the weight), never
+    // at 50%.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "progress" && e["weight"].as_f64() == Some(0.0)),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().all(|e| e["weight"].as_f64() != Some(50.0)),
+        "{events:#?}"
+    );
+    assert!(step_done_weights(&events).is_empty(), "{events:#?}");
     assert_on_legacy(&p).await;
 }

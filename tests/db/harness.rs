@@ -402,6 +402,21 @@ pub fn run(args: &[&str]) -> Output {
     sy().args(args).output().expect("run switchyard")
 }
 
+/// `switchyard db replicate` from `s` to `t` with the test replication account.
+pub fn db_replicate(s: &Maria, t: &Maria) -> Output {
+    let (su, tu) = (s.url(), t.url());
+    run(&[
+        "db",
+        "replicate",
+        "--source",
+        &su,
+        "--target",
+        &tu,
+        "--repl-user",
+        REPL_USER,
+    ])
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -434,16 +449,7 @@ pub struct Setup {
 impl Setup {
     pub async fn new() -> Setup {
         let (s, t) = tokio::join!(Maria::start(1), Maria::start(2));
-        let o = run(&[
-            "db",
-            "replicate",
-            "--source",
-            &s.url(),
-            "--target",
-            &t.url(),
-            "--repl-user",
-            REPL_USER,
-        ]);
+        let o = db_replicate(&s, &t);
         assert!(o.status.success(), "{}", text(&o));
         let app_s = App::start("app_s", &s).await;
         let app_t = App::start("app_t", &t).await;

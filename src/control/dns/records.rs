@@ -220,7 +220,12 @@ impl SavedSet {
                 field: field.to_string(),
             });
         }
-        Ok(SavedSet {
+        Ok(SavedSet::copy_of(r))
+    }
+
+    /// The fields switchyard keeps, copied without checking what it cannot restore.
+    fn copy_of(r: &ResourceRecordSet) -> SavedSet {
+        SavedSet {
             name: r.name.clone(),
             rtype: r.r#type.as_str().to_string(),
             set_identifier: r.set_identifier.clone(),
@@ -240,7 +245,7 @@ impl SavedSet {
                 evaluate_target_health: a.evaluate_target_health,
             }),
             health_check_id: r.health_check_id.clone(),
-        })
+        }
     }
 
     /// The SDK record set to send.
@@ -324,25 +329,8 @@ impl SavedSet {
 
 fn describe_sdk(r: &ResourceRecordSet) -> String {
     SavedSet {
-        name: r.name.clone(),
-        rtype: r.r#type.as_str().to_string(),
-        set_identifier: r.set_identifier.clone(),
-        weight: r.weight,
-        failover: r.failover.as_ref().map(|f| f.as_str().to_string()),
-        ttl: r.ttl,
-        values: r
-            .resource_records
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|v| v.value.clone())
-            .collect(),
-        alias: r.alias_target.as_ref().map(|a| SavedAlias {
-            hosted_zone_id: a.hosted_zone_id.clone(),
-            dns_name: a.dns_name.clone(),
-            evaluate_target_health: a.evaluate_target_health,
-        }),
         health_check_id: None,
+        ..SavedSet::copy_of(r)
     }
     .describe()
 }
