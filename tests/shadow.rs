@@ -42,6 +42,8 @@ impl Reply {
 struct Seen {
     /// `METHOD PATH marker body` per request, `marker` = the `x-switchyard-shadow` value.
     requests: Vec<String>,
+    /// `x-forwarded-for | x-forwarded-proto | x-forwarded-host | host` per request.
+    forwarded: Vec<String>,
 }
 
 /// A backend that answers every request with the current [`Reply`] and records what it saw.
@@ -55,6 +57,11 @@ struct Backend {
 
 impl Backend {
     async fn start(reply: Reply) -> Backend {
+        Self::start_tls(reply, None).await
+    }
+
+    /// A backend answering over TLS with `acceptor`'s certificate when given.
+    async fn start_tls(reply: Reply, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let reply = Arc::new(Mutex::new(reply));
@@ -68,6 +75,7 @@ impl Backend {
                     continue;
                 };
                 let (r, s, h) = (r.clone(), s.clone(), h.clone());
+                let tls = tls.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (r, s, h) = (r.clone(), s.clone(), h.clone());
@@ -87,6 +95,23 @@ impl Backend {
                                 parts.method,
                                 parts.uri.path()
                             ));
+                            let hv = |n: &str| {
+                                parts
+                                    .headers
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("-")
+                                    .to_string()
+                            };
+                            let fwd = [
+                                "x-forwarded-for",
+                                "x-forwarded-proto",
+                                "x-forwarded-host",
+                                "host",
+                            ]
+                            .map(hv)
+                            .join(" | ");
+                            s.lock().unwrap().forwarded.push(fwd);
                             h.fetch_add(1, Ordering::SeqCst);
                             let rep = r.lock().unwrap().clone();
                             if rep.delay_ms > 0 {
@@ -99,9 +124,17 @@ impl Backend {
                             Ok::<_, hyper::Error>(b.body(Full::new(Bytes::from(rep.body))).unwrap())
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -121,6 +154,10 @@ impl Backend {
 
     fn requests(&self) -> Vec<String> {
         self.seen.lock().unwrap().requests.clone()
+    }
+
+    fn forwarded(&self) -> Vec<String> {
+        self.seen.lock().unwrap().forwarded.clone()
     }
 }
 
@@ -533,4 +570,75 @@ async fn bad_shadow_options_are_refused_with_their_field() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("precent"));
+}
+
+#[tokio::test]
+async fn tls_shadow_upstream_gets_the_primarys_forwarding_headers() {
+    let primary = Backend::start(Reply::json(r#"{"id":1}"#)).await;
+    let (acceptor, ca_pem) = self_signed(&["shadow.test"]);
+    let shadow = Backend::start_tls(Reply::json(r#"{"id":1}"#), Some(acceptor)).await;
+    // Same name, another key: not trusted by ca_file.
+    let (untrusted_acc, _) = self_signed(&["shadow.test"]);
+    let untrusted = Backend::start_tls(Reply::json(r#"{"id":1}"#), Some(untrusted_acc)).await;
+    let dir = routes_dir(&format!(
+        "{}{}{}[[routes]]\nid = \"api\"\npath = \"/api/*\"\nto = \"old\"\n\
+         shadow = {{ upstream = \"new\", percent = 100 }}\n\
+         [[routes]]\nid = \"bad\"\npath = \"/bad/*\"\nto = \"old\"\n\
+         shadow = {{ upstream = \"untrusted\", percent = 100 }}\n",
+        upstream("old", primary.addr, ""),
+        upstream(
+            "new",
+            shadow.addr,
+            "tls = true\nsni = \"shadow.test\"\nca_file = \"ca.pem\"\n"
+        ),
+        upstream(
+            "untrusted",
+            untrusted.addr,
+            "tls = true\nsni = \"shadow.test\"\nca_file = \"ca.pem\"\n"
+        ),
+    ));
+    std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let p = Proxy::start(dir.path()).await;
+    let c = client();
+    let headers = [("host", "api.example"), ("x-forwarded-for", "10.1.1.1")];
+    for i in 0..4 {
+        let r = send(
+            &c,
+            "GET",
+            &p.url(&format!("/api/{i}")),
+            &headers,
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, r#"{"id":1}"#));
+    }
+    wait_count(&p, "api", "match", 4).await;
+    let fwd = "10.1.1.1, 127.0.0.1 | http | api.example";
+    assert_eq!(primary.forwarded(), vec![format!("{fwd} | api.example"); 4]);
+    // The forwarding headers are the primary's; Host follows the shadow upstream's own rule
+    // (a TLS upstream sends its SNI name, as it would for the primary).
+    assert_eq!(
+        shadow.forwarded(),
+        vec![format!("{fwd} | shadow.test"); 4],
+        "the copy carries what the primary's upstream request carried"
+    );
+    assert!(shadow.requests().iter().all(|r| r.starts_with("GET /api/")));
+
+    // A certificate the roots do not trust: the copy fails, the primary does not notice.
+    let r = send(&c, "GET", &p.url("/bad/x"), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let v = wait_count(&p, "bad", "shadow_error", 1).await;
+    let err = v["recent"][0]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_lowercase();
+    assert!(err.contains("certificate"), "{v}");
+    assert_eq!(
+        untrusted.hits.load(Ordering::SeqCst),
+        0,
+        "no request after a failed handshake"
+    );
 }

@@ -10,6 +10,7 @@ pub mod decide;
 pub mod hold;
 pub mod log;
 pub mod shadow;
+pub mod shadow_client;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
@@ -445,6 +446,9 @@ impl ProxyHttp for Proxy {
         req.insert_header(X_FORWARDED_PROTO_STR, HeaderValue::from_static("http"))?;
         if let Some(h) = client_host {
             req.insert_header(X_FORWARDED_HOST_STR, h)?;
+        }
+        if let Some(c) = ctx.shadow.as_mut() {
+            c.forwarded(&req.headers);
         }
         Ok(())
     }

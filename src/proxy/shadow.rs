@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use http_body_util::{BodyExt, Full};
@@ -106,28 +106,18 @@ pub struct Rules {
     pub max_body_bytes: usize,
 }
 
-/// Compiles a route's `shadow` option. `lookup` gives an upstream's index and whether it uses
-/// TLS (`None` = unknown name). Errors are `(field, message)` pairs.
+/// Compiles a route's `shadow` option. `lookup` gives an upstream's index (`None` = unknown
+/// name). Errors are `(field, message)` pairs.
 pub fn compile(
     f: &ShadowFile,
     route_id: &str,
     request_body_limit: usize,
-    lookup: impl Fn(&str) -> Option<(usize, bool)>,
+    lookup: impl Fn(&str) -> Option<usize>,
 ) -> Result<ShadowSpec, Vec<(String, String)>> {
     let mut errs: Vec<(String, String)> = Vec::new();
     let mut err = |field: &str, msg: String| errs.push((format!("shadow.{field}"), msg));
     let upstream = match lookup(&f.upstream) {
-        Some((_, true)) => {
-            err(
-                "upstream",
-                format!(
-                    "{:?} uses TLS; shadow copies go to plain HTTP upstreams only",
-                    f.upstream
-                ),
-            );
-            None
-        }
-        Some((i, false)) => Some(i),
+        Some(i) => Some(i),
         None => {
             err("upstream", format!("unknown upstream {:?}", f.upstream));
             None
@@ -552,6 +542,8 @@ pub struct Capture {
     body: BytesMut,
     body_too_big: bool,
     primary: Option<Answer>,
+    /// `x-forwarded-*` of the primary's upstream request ([`Capture::forwarded`]).
+    forwarded: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Decides in `request_filter` whether this request is copied: the route has a `shadow`, the
@@ -587,6 +579,7 @@ pub fn begin(
         body: BytesMut::new(),
         body_too_big: false,
         primary: None,
+        forwarded: Vec::new(),
     }))
 }
 
@@ -609,6 +602,17 @@ impl Capture {
         self.body.clear();
     }
 
+    /// The primary's upstream request, once built (`upstream_request_filter`): the copy carries
+    /// the same `x-forwarded-for`, `-proto` and `-host`.
+    pub fn forwarded(&mut self, upstream_request: &HeaderMap) {
+        self.forwarded.clear();
+        for n in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+            if let Some(v) = upstream_request.get(n) {
+                self.forwarded.push((HeaderName::from_static(n), v.clone()));
+            }
+        }
+    }
+
     /// The primary's response head (`response_filter`), before switchyard adds headers.
     pub fn primary_head(&mut self, status: u16, headers: &HeaderMap) {
         self.primary = Some(Answer {
@@ -625,21 +629,6 @@ impl Capture {
         }
     }
 }
-
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-static CLIENT: LazyLock<HttpClient> = LazyLock::new(|| {
-    let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
-    c.set_nodelay(true);
-    c.set_connect_timeout(Some(Duration::from_secs(2)));
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(32)
-        .build(c)
-});
 
 /// Called from `logging` once the primary is done: when it completed (`primary_ok`), sends
 /// the copy from a task of its own and records the comparison; otherwise counts `skipped`.
@@ -721,7 +710,7 @@ async fn send(c: &Capture, up: &Upstream) -> Result<Answer, String> {
     )
     .unwrap_or_else(|| c.path_and_query.clone());
     let (addr, _) = up.next_addr();
-    let uri: http::Uri = format!("http://{addr}{path}")
+    let uri: http::Uri = path
         .parse()
         .map_err(|e| format!("shadow request URI: {e}"))?;
     let mut req = http::Request::builder()
@@ -735,21 +724,17 @@ async fn send(c: &Capture, up: &Upstream) -> Result<Answer, String> {
             h.append(n.clone(), v.clone());
         }
     }
+    // The forwarding headers the primary's upstream request carried, replacing the client's.
+    for (n, v) in &c.forwarded {
+        h.insert(n.clone(), v.clone());
+    }
     if let HostHeader::Fixed(host) = &up.host {
         if let Ok(v) = HeaderValue::from_str(host) {
             h.insert(header::HOST, v);
         }
     }
     h.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
-    let resp = CLIENT.request(req).await.map_err(|e| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
-        msg
-    })?;
+    let resp = super::shadow_client::send(up, addr, req).await?;
     let (parts, mut body) = resp.into_parts();
     let mut seen = BodySeen::new(c.spec.rules.max_body_bytes);
     while let Some(frame) = body.frame().await {
@@ -989,8 +974,8 @@ mod tests {
     #[test]
     fn compile_checks_fields() {
         let lookup = |n: &str| match n {
-            "new" => Some((1, false)),
-            "tls" => Some((2, true)),
+            "new" => Some(1),
+            "tls" => Some(2),
             _ => None,
         };
         let ok = ShadowFile {
@@ -1026,7 +1011,7 @@ mod tests {
             upstream: "tls".into(),
             ..ShadowFile::default()
         };
-        assert!(compile(&tls, "t-tls", 100, lookup).is_err());
+        assert_eq!(compile(&tls, "t-tls", 100, lookup).unwrap().upstream, 2);
     }
 
     #[test]
@@ -1036,7 +1021,7 @@ mod tests {
             percent: Some(10.0),
             ..ShadowFile::default()
         };
-        let s = compile(&f, "t-sel", 100, |_| Some((0, false))).unwrap();
+        let s = compile(&f, "t-sel", 100, |_| Some(0)).unwrap();
         assert!(selected(&s, &Method::GET, 999));
         assert!(!selected(&s, &Method::GET, 1000));
         assert!(!selected(&s, &Method::POST, 0));

@@ -267,10 +267,7 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
             );
         }
         let shadow = r.shadow.as_ref().and_then(|f| {
-            let lookup = |n: &str| {
-                let i = *up_index.get(n)?;
-                Some((i, upstreams.get(i).is_some_and(|u: &Upstream| u.tls)))
-            };
+            let lookup = |n: &str| up_index.get(n).copied();
             crate::proxy::shadow::compile(f, &r.id, retry_buffer_bytes, lookup)
                 .map_err(|errs| {
                     errs.into_iter()
@@ -668,7 +665,7 @@ fn compile_upstream(
 }
 
 /// The system's trust roots, read once: `ca_file` adds to them rather than replacing them.
-fn web_roots() -> &'static [Vec<u8>] {
+pub(crate) fn web_roots() -> &'static [Vec<u8>] {
     static ROOTS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         rustls_native_certs::load_native_certs()
