@@ -279,6 +279,19 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
                 .ok()
                 .map(Arc::new)
         });
+        let websocket_idle = match r.websocket_idle_timeout_ms {
+            Some(0) => {
+                d.err(
+                    file,
+                    &subject,
+                    "websocket_idle_timeout_ms",
+                    "must be above 0",
+                );
+                crate::proxy::limits::DEFAULT_WEBSOCKET_IDLE
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => crate::proxy::limits::DEFAULT_WEBSOCKET_IDLE,
+        };
         if let (Some(pattern), Some(dist)) = (pattern, dist) {
             let route = Route {
                 id: r.id.as_str().into(),
@@ -290,6 +303,8 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
                 retry_non_idempotent: r.retry_non_idempotent,
                 retry_buffer_bytes,
                 shadow,
+                max_body_bytes: r.max_body_bytes,
+                websocket_idle,
                 inflight: super::inflight::counter(&r.id),
                 stats: (0..upstreams.len()).map(|_| OnceLock::new()).collect(),
             };
