@@ -34,7 +34,7 @@ enum Phase {
 }
 
 /// The watch state of the request in progress on a connection.
-pub struct Watch {
+struct Watch {
     phase: Cell<Phase>,
 }
 

@@ -95,15 +95,15 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let h2c = self.app.server_options().is_some_and(|o| o.h2c);
-        if h2c || stream.get_ssl_digest().is_some() {
-            return ServerApp::process_new(&self.app, stream, shutdown).await;
-        }
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         // Over a cap: closed before anything is read; the client may retry.
         let _slot = self.slots.acquire(ip).ok()?;
+        let h2c = self.app.server_options().is_some_and(|o| o.h2c);
+        if h2c || stream.get_ssl_digest().is_some() {
+            return ServerApp::process_new(&self.app, stream, shutdown).await;
+        }
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             // A pipelined request already read with the previous one is not waited for.
