@@ -268,6 +268,34 @@ async fn connection_cap_closes_the_extra_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_cap_leaves_other_addresses_alone() {
+    let o = RawOrigin::start().await;
+    let (p, _d) = start(&o, &["--max-connections-per-ip", "2"]).await;
+    let from = |ip: &'static str| async move {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        RawClient::from(s.connect(p.addr).await.unwrap())
+    };
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = from("127.0.0.1").await;
+        c.send(head("/k", &[]).as_bytes()).await;
+        assert_eq!(c.response().await.map(|r| r.status), Some(200));
+        open.push(c);
+    }
+    let mut third = from("127.0.0.1").await;
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut third.s, head("/k", &[]).as_bytes()).await;
+    assert!(
+        third.closed().await,
+        "a third connection from one address was served"
+    );
+    let mut other = from("127.0.0.2").await;
+    other.send(head("/k", &[]).as_bytes()).await;
+    assert_eq!(other.response().await.map(|r| r.status), Some(200));
+    assert_eq!(rejected(&metrics(&p).await, "connection_cap_ip"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_served_in_order() {
     let o = RawOrigin::start().await;
     let (p, _d) = start(&o, &[]).await;

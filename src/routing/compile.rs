@@ -800,6 +800,21 @@ mod tests {
     }
 
     #[test]
+    fn edge_route_options() {
+        let c = compile(&doc(&format!(
+            "{UPS}[[routes]]\nid='r'\npath='/*'\nto='new'\nmax_body_bytes=10\nwebsocket_idle_timeout_ms=1500\n"
+        )))
+        .unwrap();
+        let r = &c.table.routes[0];
+        assert_eq!(r.max_body_bytes, Some(10));
+        assert_eq!(r.websocket_idle, Duration::from_millis(1500));
+        let e = errors(&format!(
+            "{UPS}[[routes]]\nid='r'\npath='/*'\nto='new'\nwebsocket_idle_timeout_ms=0\n"
+        ));
+        assert!(e.join("\n").contains("websocket_idle_timeout_ms"), "{e:?}");
+    }
+
+    #[test]
     fn split_weights() {
         let c = compile(&doc(&format!(
             "{UPS}[[routes]]\nid='r'\npath='/*'\nsplit={{new=0.01,legacy=99.99}}\n"

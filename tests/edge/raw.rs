@@ -208,6 +208,12 @@ pub struct RawClient {
 /// Bounds every read of a test: a stuck connection fails the test instead of hanging it.
 pub const READ_BOUND: Duration = Duration::from_secs(10);
 
+impl From<TcpStream> for RawClient {
+    fn from(s: TcpStream) -> Self {
+        RawClient { s, buf: Vec::new() }
+    }
+}
+
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
         RawClient {
