@@ -248,6 +248,11 @@ pub fn fit_http10(client: Version, resp: &mut ResponseHeader) -> bool {
     if client >= Version::HTTP_11 || resp.status.is_informational() {
         return false;
     }
+    if matches!(resp.status.as_u16(), 204 | 304) {
+        // No body to frame: the connection may stay open.
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        return false;
+    }
     if resp.headers.contains_key(header::TRANSFER_ENCODING) {
         resp.remove_header(&header::TRANSFER_ENCODING);
         resp.remove_header(&header::CONTENT_LENGTH);
@@ -347,6 +352,8 @@ mod tests {
         assert!(!resp.headers.contains_key("transfer-encoding"));
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.insert_header("content-length", "3").unwrap();
+        assert!(!fit_http10(Version::HTTP_10, &mut resp));
+        let mut resp = ResponseHeader::build(304, None).unwrap();
         assert!(!fit_http10(Version::HTTP_10, &mut resp));
     }
 }
