@@ -235,6 +235,51 @@ async fn slow_body_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_request_body_is_not_cut_by_the_rate() {
+    // The body rate starts when the request is proxied: a request held longer than the grace
+    // (its body unread meanwhile) is still served whole after the release.
+    let o = RawOrigin::start().await;
+    let dir = routes_dir(&routes(&o));
+    let token = [("SWITCHYARD_ADMIN_TOKEN", "edge-test-token")];
+    let args = ["--body-min-rate", "1000", "--body-grace", "1"];
+    let p = Proxy::start_env(dir.path(), &args, &token).await;
+    let admin = |method: &'static str, body: &'static str| {
+        let url = p.admin_url("/v1/hold");
+        async move {
+            common::send(
+                &common::client(),
+                method,
+                &url,
+                &[("authorization", "Bearer edge-test-token")],
+                body,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = admin("POST", r#"{"routes": ["all"], "max_ms": 30000}"#).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut c = RawClient::connect(p.addr).await;
+    c.send(b"POST /held HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    // Held for 3 s: three times the grace.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = common::send(
+        &common::client(),
+        "POST",
+        &p.admin_url("/v1/release"),
+        &[("authorization", "Bearer edge-test-token")],
+        "{}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = c.response().await.expect("the held request is answered");
+    assert_eq!((r.status, r.text().as_str()), (200, "path=/held body=5"));
+    assert_eq!(rejected(&metrics(&p).await, "body_too_slow"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_closes_the_extra_connection() {
     let o = RawOrigin::start().await;
     let (p, _d) = start(&o, &["--max-connections", "3"]).await;

@@ -6,8 +6,8 @@
 //! connection loop runs each request inside [`guard`]: a watchdog shares a small per-request
 //! [`Watch`] (a task-local, so the proxy's phases reach it without a handle) and drops the
 //! request, closing the connection, when the head, the body or an upgraded connection is too
-//! slow. The phases report progress through [`head_done`], [`body_progress`], [`upgraded`] and
-//! [`activity`]; these do nothing outside a guarded request.
+//! slow. The phases report progress through [`head_done`], [`body_started`], [`body_progress`],
+//! [`upgraded`] and [`activity`]; these do nothing outside a guarded request.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -46,18 +46,18 @@ fn update(f: impl FnOnce(Phase) -> Phase) {
     let _ = WATCH.try_with(|w| w.phase.set(f(w.phase.get())));
 }
 
-/// Called once the request head is parsed: the head deadline no longer applies; the body
-/// rate is watched when the request has a body.
-pub fn head_done(has_body: bool) {
-    update(|_| {
-        if has_body {
-            Phase::Body {
-                start: Instant::now(),
-                bytes: 0,
-            }
-        } else {
-            Phase::Free
-        }
+/// Called once the request head is parsed: the head deadline no longer applies.
+pub fn head_done() {
+    update(|_| Phase::Free);
+}
+
+/// Called when the request is about to be proxied and has a body: from now on the body must
+/// keep the minimum rate. Not earlier, so the time a request is held (see `proxy::hold`)
+/// before its body is read does not count against the client.
+pub fn body_started() {
+    update(|_| Phase::Body {
+        start: Instant::now(),
+        bytes: 0,
     });
 }
 
@@ -93,8 +93,11 @@ pub fn activity() {
     });
 }
 
-/// How often a phase without a deadline of its own is looked at again.
+/// How often a body's rate is looked at once its grace period is over.
 const RECHECK: Duration = Duration::from_secs(1);
+/// When a phase with nothing to watch is looked at again (a phase change re-arms the timer
+/// sooner).
+const IDLE_RECHECK: Duration = Duration::from_secs(3600);
 
 /// The verdict on `phase` at `now`: `Err` when a limit is broken, else when to look again.
 fn verdict(phase: Phase, now: Instant, limits: &Limits) -> Result<Instant, Reject> {
@@ -117,7 +120,7 @@ fn verdict(phase: Phase, now: Instant, limits: &Limits) -> Result<Instant, Rejec
             Err(UPGRADED_IDLE)
         }
         Phase::Upgraded { idle, last } => Ok(last + idle),
-        Phase::Body { .. } | Phase::Free => Ok(now + RECHECK),
+        Phase::Body { .. } | Phase::Free => Ok(now + IDLE_RECHECK),
     }
 }
 
@@ -125,27 +128,42 @@ fn verdict(phase: Phase, now: Instant, limits: &Limits) -> Result<Instant, Rejec
 /// the connection closed and `switchyard_rejected_total{reason}` counted, when the head does
 /// not arrive whole within `limits.head_timeout` of its first byte, the body falls under the
 /// minimum rate, or an upgraded connection stays idle too long.
+///
+/// The phases change only while `request` is polled, in this task, and the watchdog is polled
+/// right after it: it sees each change at once and re-arms its single timer then, so a phase
+/// with nothing to watch costs no wake-ups.
 pub async fn guard<T>(request: impl Future<Output = Option<T>>, limits: &Limits) -> Option<T> {
+    let deadline = Instant::now() + limits.head_timeout;
+    let start = Phase::Head(deadline);
     let watch = Watch {
-        phase: Cell::new(Phase::Head(Instant::now() + limits.head_timeout)),
+        phase: Cell::new(start),
     };
     WATCH
         .scope(watch, async {
             tokio::pin!(request);
-            loop {
+            let sleep = tokio::time::sleep_until(deadline.into());
+            tokio::pin!(sleep);
+            let mut kind = std::mem::discriminant(&start);
+            let watchdog = std::future::poll_fn(|cx| loop {
                 let phase = WATCH.with(|w| w.phase.get());
-                let next = match verdict(phase, Instant::now(), limits) {
-                    Ok(next) => next,
-                    Err(r) => {
-                        METRICS.rejected.with_label_values(&[r.reason]).inc();
-                        tracing::debug!(reason = r.reason, "closing a client connection");
-                        return None;
+                if std::mem::discriminant(&phase) != kind || sleep.is_elapsed() {
+                    kind = std::mem::discriminant(&phase);
+                    match verdict(phase, Instant::now(), limits) {
+                        Ok(next) => sleep.as_mut().reset(next.into()),
+                        Err(r) => return std::task::Poll::Ready(r),
                     }
-                };
-                tokio::select! {
-                    biased;
-                    r = &mut request => return r,
-                    _ = tokio::time::sleep_until(next.into()) => {}
+                }
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return std::task::Poll::Pending;
+                }
+            });
+            tokio::select! {
+                biased;
+                r = &mut request => r,
+                r = watchdog => {
+                    METRICS.rejected.with_label_values(&[r.reason]).inc();
+                    tracing::debug!(reason = r.reason, "closing a client connection");
+                    None
                 }
             }
         })

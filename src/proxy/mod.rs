@@ -312,8 +312,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        // The head is whole: its deadline is over; the body's rate is watched from now on.
-        edge::head_done(limits::has_body(session.req_header()));
+        // The head is whole: its deadline is over.
+        edge::head_done();
         let head_len = session.to_h1_raw().len();
         ctx.reject = limits::check_head(head_len, session.req_header(), &self.limits).err();
         limits::normalize_target(session.req_header_mut());
@@ -359,6 +359,10 @@ impl ProxyHttp for Proxy {
         if let (Some(ri), Some(t)) = (ctx.route, ctx.table.as_ref()) {
             let max = t.proxy.shadow_max_inflight;
             ctx.shadow = shadow::begin(&t.routes[ri], max, session.req_header(), ctx.declared_body);
+        }
+        // The body is read from now on (not while the request was held): watch its rate.
+        if limits::has_body(session.req_header()) {
+            edge::body_started();
         }
         Ok(false)
     }
