@@ -711,6 +711,12 @@ impl ProxyHttp for Proxy {
         e
     }
 
+    /// A request refused by a limit is the client's doing and already counted: no error line
+    /// per refusal (a flood of them would flood the log).
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        ctx.reject.is_some()
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if let Some(r) = ctx.reject {
             METRICS.rejected.with_label_values(&[r.reason]).inc();
