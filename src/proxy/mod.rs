@@ -321,7 +321,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if let Some(r) = ctx.reject {
+        // Taken: answered here, so a failure to write it is not counted a second time.
+        if let Some(r) = ctx.reject.take() {
             return reject(session, ctx, r, None).await;
         }
         self.route_request(session, ctx, self.store.load());
