@@ -542,6 +542,53 @@ async fn websocket_echo_through_a_route_and_idle_timeout() {
     assert!(gone, "the idle upgraded connection is still counted");
 }
 
+/// Upgrades `c` on `/ws`; the bytes read past the 101.
+async fn upgrade(c: &mut RawClient) -> Vec<u8> {
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    c.send(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = c.response().await.expect("101");
+    assert_eq!(r.status, 101);
+    c.leftover().to_vec()
+}
+
+async fn echo(c: &mut RawClient, left: &mut Vec<u8>, msg: &str) -> Option<ws::Frame> {
+    let f = ws::encode(1, msg.as_bytes(), Some([9, 8, 7, 6]));
+    tokio::io::AsyncWriteExt::write_all(&mut c.s, &f)
+        .await
+        .ok()?;
+    ws::read_frame(&mut c.s, left).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_idle_is_the_routes_not_the_upstream_read_timeout() {
+    // The upstream's read timeout (500 ms) is shorter than the route's WebSocket idle (3 s):
+    // a pause of 1.2 s keeps the connection, a pause past 3 s closes it.
+    let o = RawOrigin::start().await;
+    let dir = routes_dir(&format!(
+        "[upstreams.o]\naddrs = [\"{}\"]\nread_timeout_ms = 500\n\
+         [[routes]]\nid = \"ws\"\npath = \"/ws\"\nto = \"o\"\nwebsocket_idle_timeout_ms = 3000\n",
+        o.addr
+    ));
+    let p = Proxy::start(dir.path()).await;
+    let mut c = RawClient::connect(p.addr).await;
+    let mut left = upgrade(&mut c).await;
+    assert!(echo(&mut c, &mut left, "one").await.is_some());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let back = echo(&mut c, &mut left, "two")
+        .await
+        .expect("still open after 1.2 s");
+    assert_eq!(back.payload, b"two");
+    assert!(ws::read_frame(&mut c.s, &mut left).await.is_none());
+    assert_eq!(rejected(&metrics(&p).await, "websocket_idle"), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_behaviour_is_pinned() {
     let o = RawOrigin::start().await;
