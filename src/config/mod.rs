@@ -174,6 +174,14 @@ pub struct RouteFile {
     /// Copy a share of the requests to another upstream and compare its answers; none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowFile>,
+    /// Largest request body in bytes; a larger declared `Content-Length` is answered 413 before
+    /// anything reaches an upstream. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// An upgraded (WebSocket) connection through this route closes after this many
+    /// milliseconds without a byte in either direction. Default 60000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_idle_timeout_ms: Option<u64>,
 }
 
 /// `shadow = { upstream = "new", percent = 10 }`: after the primary answered the client, the

@@ -34,8 +34,14 @@ pub struct Metrics {
     /// `switchyard_access_log_dropped_total`: lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
     /// `switchyard_rejected_total{reason}`: requests answered by switchyard itself before any
-    /// upstream saw them (`hold_queue_full`, `hold_expired`).
+    /// upstream saw them (`hold_queue_full`, `hold_expired`, the request limits' reasons in
+    /// `proxy::limits`: `head_too_large`, `url_too_long`, `body_too_large`, ...), and client
+    /// connections switchyard closed (`head_timeout`, `body_too_slow`, `connection_cap`, ...).
     pub rejected: IntCounterVec,
+    /// `switchyard_websocket_connections_total{route}`: connections upgraded (101) through a route.
+    pub websocket_connections: IntCounterVec,
+    /// `switchyard_websocket_active`: upgraded connections open now.
+    pub websocket_active: IntGauge,
     /// `switchyard_shadow_total{route,result}`; `result` is one of [`SHADOW_RESULTS`].
     pub shadow: IntCounterVec,
     /// `switchyard_shadow_duration_seconds{route,side}`; `side` is `primary` or `shadow`,
@@ -177,6 +183,19 @@ impl Metrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let websocket_connections = IntCounterVec::new(
+            Opts::new(
+                "switchyard_websocket_connections_total",
+                "Client connections upgraded (HTTP/1.1 101, e.g. WebSocket) through a route.",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let websocket_active = IntGauge::new(
+            "switchyard_websocket_active",
+            "Upgraded client connections open now.",
+        )
+        .expect("static metric definition");
         let attempts = IntCounterVec::new(
             Opts::new(
                 "switchyard_upstream_attempts_total",
@@ -228,6 +247,8 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(fallbacks.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(websocket_connections.clone()),
+            Box::new(websocket_active.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -242,6 +263,8 @@ impl Metrics {
             fallbacks,
             access_log_dropped,
             rejected,
+            websocket_connections,
+            websocket_active,
             shadow,
             shadow_duration,
             attempts,

@@ -7,7 +7,9 @@
 //! decide whether to move to the next; `logging` records metrics and the access log.
 
 pub mod decide;
+pub mod edge;
 pub mod hold;
+pub mod limits;
 pub mod log;
 pub mod shadow;
 pub mod shadow_client;
@@ -61,6 +63,8 @@ static HOP_BY_HOP: [HeaderName; 5] = [
 pub struct Proxy {
     pub store: Arc<TableStore>,
     pub access_log: Option<log::AccessLog>,
+    /// Request limits checked before routing (see [`limits`]).
+    pub limits: Arc<limits::Limits>,
 }
 
 /// Per-request state.
@@ -94,6 +98,10 @@ pub struct Ctx {
     attempt_start: Option<Instant>,
     /// A shadow copy in the making (see [`shadow`]); `None` for most requests.
     shadow: Option<Box<shadow::Capture>>,
+    /// A request limit the request broke, answered instead of proxying.
+    reject: Option<limits::Reject>,
+    /// Held while the connection is upgraded (counts `switchyard_websocket_active`).
+    upgraded: Option<edge::Upgraded>,
 }
 
 impl Ctx {
@@ -215,6 +223,20 @@ async fn refuse_held(
     Ok(true)
 }
 
+/// Answers a request that broke a limit with `r`'s status and closes the connection (the
+/// body, if any, is not read); counted in `switchyard_rejected_total{reason}`.
+async fn reject(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    r: limits::Reject,
+    route: Option<&str>,
+) -> Result<bool> {
+    ctx.status = r.status;
+    METRICS.rejected.with_label_values(&[r.reason]).inc();
+    respond(session, r.status, json_error(r.message, route), false).await?;
+    Ok(true)
+}
+
 /// Answers 404 for a request no route matches (keeping the connection); `Ok(true)` = handled.
 async fn no_route(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     ctx.status = 404;
@@ -285,15 +307,34 @@ impl ProxyHttp for Proxy {
             counted_inflight: false,
             attempt_start: None,
             shadow: None,
+            reject: None,
+            upgraded: None,
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // The head is whole: its deadline is over.
+        edge::head_done();
+        let head_len = session.to_h1_raw().len();
+        ctx.reject = limits::check_head(head_len, session.req_header(), &self.limits).err();
+        limits::normalize_target(session.req_header_mut());
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Taken: answered here, so a failure to write it is not counted a second time.
+        if let Some(r) = ctx.reject.take() {
+            return reject(session, ctx, r, None).await;
+        }
         self.route_request(session, ctx, self.store.load());
         let Some(ri) = ctx.route else {
             return no_route(session, ctx).await;
         };
         let table = ctx.table()?.clone();
+        let max_body = table.routes[ri].max_body_bytes;
+        if let Err(r) = limits::check_declared_body(session.req_header(), max_body) {
+            return reject(session, ctx, r, Some(&table.routes[ri].id)).await;
+        }
         let held_bytes = || held_bytes(session.req_header());
         let waited = match HOLDS.wait(&table.routes[ri].id, held_bytes).await {
             Verdict::Proceed(w) => w,
@@ -321,6 +362,10 @@ impl ProxyHttp for Proxy {
             let max = t.proxy.shadow_max_inflight;
             ctx.shadow = shadow::begin(&t.routes[ri], max, session.req_header(), ctx.declared_body);
         }
+        // The body is read from now on (not while the request was held): watch its rate.
+        if limits::has_body(session.req_header()) {
+            edge::body_started();
+        }
         Ok(false)
     }
 
@@ -328,11 +373,17 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.upgraded.is_some() {
+            edge::activity();
+            return Ok(());
+        }
         // On a replay pingora passes the buffered body through here again: count per attempt
         // (reset in `upstream_request_filter`) so a replayed body is not counted twice.
+        let n = body.as_ref().map_or(0, |b| b.len());
+        edge::body_progress(n, end_of_stream);
         if let Some(b) = body.as_ref() {
             ctx.body_bytes += b.len();
             ctx.body_seen = ctx.body_seen.max(ctx.body_bytes);
@@ -340,10 +391,19 @@ impl ProxyHttp for Proxy {
                 c.request_chunk(b);
             }
         }
+        let max = ctx
+            .route
+            .and_then(|ri| ctx.table.as_ref().and_then(|t| t.routes[ri].max_body_bytes));
+        if let Err(r) = limits::check_body_seen(ctx.body_seen as u64, max) {
+            // A body without a declared length grew over the limit: stop here; fail_to_proxy
+            // answers 413 if nothing was sent to the client yet.
+            ctx.reject = Some(r);
+            return Error::e_explain(ErrorType::HTTPStatus(r.status), r.message);
+        }
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let table = ctx.table()?.clone();
         let ri = ctx
             .route
@@ -385,6 +445,14 @@ impl ProxyHttp for Proxy {
         ctx.pos = pos;
         ctx.upstream = Some(u);
         let up = &table.upstreams[u];
+        // An upgraded connection's idle limit is the route's (enforced by `edge::guard`): the
+        // per-direction read timers must not close it earlier.
+        let upgrade_idle = session
+            .is_upgrade_req()
+            .then_some(route.websocket_idle.max(up.read_timeout));
+        if let Some(idle) = upgrade_idle {
+            session.set_read_timeout(Some(idle));
+        }
         let addr = match up.next_addr() {
             (_, Some(literal)) => literal,
             (name, None) => crate::routing::resolve::resolve(name).await?,
@@ -398,7 +466,7 @@ impl ProxyHttp for Proxy {
         let o = &mut peer.options;
         o.connection_timeout = Some(up.connect_timeout);
         o.total_connection_timeout = Some(up.connect_timeout);
-        o.read_timeout = Some(up.read_timeout);
+        o.read_timeout = Some(upgrade_idle.unwrap_or(up.read_timeout));
         o.write_timeout = Some(up.read_timeout);
         o.idle_timeout = Some(Duration::from_secs(60));
         o.ca = up.ca.clone();
@@ -494,10 +562,25 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if resp.status.as_u16() == 101 && session.is_upgrade_req() {
+            if let (Some(t), Some(ri)) = (ctx.table.as_ref(), ctx.route) {
+                let route = &t.routes[ri];
+                METRICS
+                    .websocket_connections
+                    .with_label_values(&[&route.id])
+                    .inc();
+                ctx.upgraded = Some(edge::Upgraded::start());
+                edge::upgraded(route.websocket_idle);
+            }
+        }
+        if limits::fit_http10(session.req_header().version, resp) {
+            // The body ends when the connection closes.
+            session.set_keepalive(None);
+        }
         if let Some(c) = ctx.shadow.as_mut() {
             c.primary_head(resp.status.as_u16(), &resp.headers);
         }
@@ -518,6 +601,9 @@ impl ProxyHttp for Proxy {
     ) -> Result<Option<Duration>> {
         if let (Some(c), Some(b)) = (ctx.shadow.as_mut(), body.as_ref()) {
             c.primary_chunk(b);
+        }
+        if ctx.upgraded.is_some() {
+            edge::activity();
         }
         Ok(None)
     }
@@ -630,7 +716,31 @@ impl ProxyHttp for Proxy {
         e
     }
 
+    /// A request refused by a limit is the client's doing and already counted: no error line
+    /// per refusal (a flood of them would flood the log).
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        ctx.reject.is_some()
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(r) = ctx.reject {
+            METRICS.rejected.with_label_values(&[r.reason]).inc();
+            let mut code = 0;
+            if session.response_written().is_none() {
+                let route = ctx
+                    .route
+                    .and_then(|ri| ctx.table.as_ref().map(|t| t.routes[ri].id.clone()));
+                let body = json_error(r.message, route.as_deref());
+                if respond(session, r.status, body, false).await.is_ok() {
+                    code = r.status;
+                }
+            }
+            ctx.status = code;
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         let (code, msg) = match e.etype() {
             ErrorType::HTTPStatus(c) => (*c, "upstream error"),
             ErrorType::ConnectTimedout => (504, "upstream connect timed out"),

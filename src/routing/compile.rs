@@ -276,6 +276,19 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
                 .ok()
                 .map(Arc::new)
         });
+        let websocket_idle = match r.websocket_idle_timeout_ms {
+            Some(0) => {
+                d.err(
+                    file,
+                    &subject,
+                    "websocket_idle_timeout_ms",
+                    "must be above 0",
+                );
+                crate::proxy::limits::DEFAULT_WEBSOCKET_IDLE
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => crate::proxy::limits::DEFAULT_WEBSOCKET_IDLE,
+        };
         if let (Some(pattern), Some(dist)) = (pattern, dist) {
             let route = Route {
                 id: r.id.as_str().into(),
@@ -287,6 +300,8 @@ pub fn compile(doc: &TableDoc) -> Result<Compiled, Vec<Diagnostic>> {
                 retry_non_idempotent: r.retry_non_idempotent,
                 retry_buffer_bytes,
                 shadow,
+                max_body_bytes: r.max_body_bytes,
+                websocket_idle,
                 inflight: super::inflight::counter(&r.id),
                 stats: (0..upstreams.len()).map(|_| OnceLock::new()).collect(),
             };
@@ -779,6 +794,21 @@ mod tests {
         assert!(all.contains("route \"c\": sticky:"), "{all}");
         assert!(e.iter().all(|l| l.starts_with("error: t.toml: ")), "{all}");
         assert_eq!(e.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn edge_route_options() {
+        let c = compile(&doc(&format!(
+            "{UPS}[[routes]]\nid='r'\npath='/*'\nto='new'\nmax_body_bytes=10\nwebsocket_idle_timeout_ms=1500\n"
+        )))
+        .unwrap();
+        let r = &c.table.routes[0];
+        assert_eq!(r.max_body_bytes, Some(10));
+        assert_eq!(r.websocket_idle, Duration::from_millis(1500));
+        let e = errors(&format!(
+            "{UPS}[[routes]]\nid='r'\npath='/*'\nto='new'\nwebsocket_idle_timeout_ms=0\n"
+        ));
+        assert!(e.join("\n").contains("websocket_idle_timeout_ms"), "{e:?}");
     }
 
     #[test]

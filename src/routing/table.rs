@@ -84,6 +84,10 @@ pub struct Route {
     pub retry_buffer_bytes: usize,
     /// The `shadow` option: copies of a share of requests, compared and dropped.
     pub shadow: Option<Arc<crate::proxy::shadow::ShadowSpec>>,
+    /// The `max_body_bytes` option: larger request bodies get 413. `None` = no limit.
+    pub max_body_bytes: Option<u64>,
+    /// The `websocket_idle_timeout_ms` option (default 60 s).
+    pub websocket_idle: Duration,
     /// Requests in flight on this route (by id, across tables).
     pub inflight: Arc<std::sync::atomic::AtomicI64>,
     /// Metric handles per upstream index, resolved on first use.

@@ -13,6 +13,10 @@
 //! keep-alive timeout, and at once when the server begins to shut down. Measured: 38 KB →
 //! 15 KB per idle connection; what is left is mostly pingora's listener task (bench/RESULTS.md).
 //!
+//! Each request runs under [`edge::guard`] (whole-head deadline, body rate, idle upgraded
+//! connections), connections over the caps of [`Limits`] are closed at once, and requests
+//! pipelined behind another are served in order from the bytes already buffered.
+//!
 //! TLS and HTTP/2 connections (not served by switchyard's listener today) are handed to
 //! pingora's own loop unchanged.
 
@@ -25,6 +29,9 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
+use crate::proxy::edge::{self, Slots};
+use crate::proxy::limits::Limits;
+
 /// Read buffer per client connection. A request's first read fills it, so waiting for the
 /// next request and then parsing it costs one `recv`; headers longer than this are read in
 /// more steps, as pingora does with any buffer size.
@@ -36,14 +43,27 @@ pub struct Connections<A> {
     app: Arc<A>,
     /// How long a client connection may sit idle between requests.
     idle: Duration,
+    /// Head deadline, body rate and connection caps (default [`Limits::default`]).
+    limits: Arc<Limits>,
+    slots: Arc<Slots>,
 }
 
 impl<A> Connections<A> {
     pub fn new(app: A, idle: Duration) -> Self {
+        let limits = Limits::default();
         Connections {
             app: Arc::new(app),
             idle,
+            slots: Slots::new(&limits),
+            limits: Arc::new(limits),
         }
+    }
+
+    /// The same loop with `limits` (their caps count connections of this listener only).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.slots = Slots::new(&limits);
+        self.limits = Arc::new(limits);
+        self
     }
 }
 
@@ -75,19 +95,27 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Over a cap: closed before anything is read; the client may retry.
+        let _slot = self.slots.acquire(ip).ok()?;
         let h2c = self.app.server_options().is_some_and(|o| o.h2c);
         if h2c || stream.get_ssl_digest().is_some() {
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
-            if !next_request(&mut stream, self.idle, shutdown).await {
+            // A pipelined request already read with the previous one is not waited for.
+            let pipelined = settings.as_ref().is_some_and(edge::has_pipelined_prefix);
+            if !pipelined && !next_request(&mut stream, self.idle, shutdown).await {
                 return None;
             }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(s) => s.apply_to_session(&mut session),
                 None => {
+                    session.set_pipelining_enabled(true);
                     session.set_keepalive(Some(self.idle.as_secs().max(1)));
                     session.set_keepalive_reuses_remaining(
                         self.app
@@ -100,7 +128,8 @@ where
                 // Answer this request, then close: the server is going away.
                 session.set_keepalive(None);
             }
-            let reused = self.app.process_new_http(session, shutdown).await?;
+            let request = self.app.process_new_http(session, shutdown);
+            let reused = edge::guard(request, &self.limits).await?;
             let (next, s) = reused.consume();
             stream = next;
             settings = s;

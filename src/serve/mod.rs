@@ -17,6 +17,7 @@ use pingora::server::Server;
 
 use crate::admin::auth::TOKEN_ENV;
 use crate::admin::{AdminState, History, Ledger, Tokens};
+use crate::proxy::limits::{self, Limits};
 use crate::proxy::{log::AccessLog, Proxy};
 
 /// Options of `switchyard serve`.
@@ -60,6 +61,80 @@ pub struct ServeArgs {
     /// closed. Idle connections are also closed as soon as a graceful stop begins.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout: u64,
+    /// Request limits and slow-client defences (README "Request limits and slow clients").
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Request limits of `switchyard serve`; defaults close to nginx's (see [`Limits`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Largest request head (request line and headers) in bytes; larger: 431.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_HEAD_BYTES as u64, value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
+    pub max_head_bytes: u64,
+    /// Largest header line (`name: value`) in bytes; larger: 431.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_HEADER_BYTES as u64, value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    pub max_header_bytes: u64,
+    /// Most header lines in a request; more: 431. At most 256 (pingora's parser answers 400
+    /// above that).
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_HEADERS as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub max_headers: u64,
+    /// Longest request target (URL) in bytes; longer: 414.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_URL_BYTES as u64, value_parser = clap::value_parser!(u64).range(16..=1_048_576))]
+    pub max_url_bytes: u64,
+    /// Seconds a client may take to send a whole request head, from its first byte; then the
+    /// connection is closed.
+    #[arg(long, default_value_t = limits::DEFAULT_HEAD_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub head_timeout: u64,
+    /// Minimum average request-body rate in bytes per second once `--body-grace` has passed;
+    /// slower clients are disconnected. 0 = no minimum.
+    #[arg(long, default_value_t = limits::DEFAULT_BODY_MIN_RATE)]
+    pub body_min_rate: u64,
+    /// Seconds a request body may take before `--body-min-rate` applies.
+    #[arg(long, default_value_t = limits::DEFAULT_BODY_GRACE.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_grace: u64,
+    /// Most client connections open at once on the listener; a connection over the cap is
+    /// closed as soon as it is accepted. 0 = no cap.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// Most client connections open at once from one IP address (same behaviour). 0 = no cap.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for LimitArgs {
+    /// The flags' defaults (those of [`Limits::default`]).
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitArgs {
+            max_head_bytes: l.max_head_bytes as u64,
+            max_header_bytes: l.max_header_bytes as u64,
+            max_headers: l.max_headers as u64,
+            max_url_bytes: l.max_url_bytes as u64,
+            head_timeout: l.head_timeout.as_secs(),
+            body_min_rate: l.body_min_rate,
+            body_grace: l.body_grace.as_secs(),
+            max_connections: l.max_connections,
+            max_connections_per_ip: l.max_connections_per_ip,
+        }
+    }
+}
+
+impl LimitArgs {
+    /// The limits these flags describe.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_head_bytes: self.max_head_bytes as usize,
+            max_header_bytes: self.max_header_bytes as usize,
+            max_headers: self.max_headers as usize,
+            max_url_bytes: self.max_url_bytes as usize,
+            head_timeout: std::time::Duration::from_secs(self.head_timeout),
+            body_min_rate: self.body_min_rate,
+            body_grace: std::time::Duration::from_secs(self.body_grace),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+        }
+    }
 }
 
 /// Scheduler layout of the data-plane threads (`serve --scheduler`).
@@ -171,12 +246,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };
+    let limits = args.limits.limits();
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let proxy = pingora::proxy::http_proxy(&server.configuration, Proxy { store, access_log });
+    let proxy = pingora::proxy::http_proxy(
+        &server.configuration,
+        Proxy {
+            store,
+            access_log,
+            limits: Arc::new(limits.clone()),
+        },
+    );
     let mut svc = pingora::services::listening::Service::new(
         "switchyard".to_string(),
-        conn::Connections::new(proxy, std::time::Duration::from_secs(args.idle_timeout)),
+        conn::Connections::new(proxy, std::time::Duration::from_secs(args.idle_timeout))
+            .with_limits(limits),
     );
     // A small read buffer per client connection instead of pingora's 64 KiB: a typical
     // request still arrives in one read, and an idle keep-alive connection holds 1 KiB.
