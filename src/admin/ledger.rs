@@ -9,6 +9,11 @@
 //! (`switchyard adopt`), makes the files agree with the live table, or reverts the API change.
 //! Re-reading files that did not change since their last load never undoes an API change.
 //! `serve --force-files` lets files always win.
+//!
+//! The versions live in a [`VersionStore`]: redb for one proxy, etcd for a fleet. With a shared
+//! store a change may find that another proxy committed first ([`HistoryError::Moved`]): the
+//! ledger then applies the store's newest version and runs the change again, so `If-Match` is
+//! exact across the fleet. Versions committed elsewhere arrive through [`Ledger::apply`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::history::{now_rfc3339, Action, FilesState, History, HistoryError, Record, StoredDoc};
+use super::history::{now_rfc3339, Action, FilesState, HistoryError, Record, StoredDoc};
+use super::store::VersionStore;
 use super::summary;
 use crate::config::{OneOrMany, RouteFile, TableDoc, TableFile};
 use crate::metrics::METRICS;
@@ -160,6 +166,16 @@ pub enum Loaded {
     Unchanged,
 }
 
+impl Loaded {
+    /// The API's answer: the change, or `None` (JSON `null`) when nothing was published.
+    pub fn result(&self) -> Option<super::types::ChangeResult> {
+        match self {
+            Loaded::Published(c) => Some(c.result()),
+            Loaded::Unchanged => None,
+        }
+    }
+}
+
 /// How files are being loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileLoad {
@@ -186,14 +202,43 @@ pub struct RoutePatch {
     pub fallback: Option<Option<OneOrMany>>,
 }
 
+/// A version this proxy could not serve (it does not compile here, e.g. a missing `ca_file`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Rejected {
+    /// The version refused.
+    pub version: u64,
+    /// Why, one line (the compile errors joined).
+    pub error: String,
+}
+
+/// What this proxy serves now; sent on [`Ledger::applied`] after every change, applied
+/// version or refusal.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// The version served.
+    pub version: u64,
+    /// Its history record and the files-vs-API state committed with it (None before the first
+    /// version).
+    pub head: Option<Arc<(Record, FilesState)>>,
+    /// The newest version refused since the last one applied.
+    pub rejected: Option<Rejected>,
+}
+
+/// How many times a change runs again after finding the shared store ahead of it.
+const CATCH_UP_TRIES: usize = 5;
+
 /// The live table, the history, and the files-vs-API state.
 pub struct Ledger {
     store: Arc<TableStore>,
-    history: History,
+    history: Box<dyn VersionStore>,
     files: Mutex<FilesState>,
     routes_path: PathBuf,
     force_files: bool,
     conflict: Mutex<Option<Conflict>>,
+    /// Fleet mode: relative paths (`ca_file`) resolve against this proxy's routes directory,
+    /// whichever proxy made the change.
+    local_paths: bool,
+    applied: tokio::sync::watch::Sender<Applied>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -297,17 +342,43 @@ pub fn patch_route(r: &mut RouteFile, p: &RoutePatch) -> Result<(), ChangeError>
 }
 
 impl Ledger {
+    fn new(
+        history: Box<dyn VersionStore>,
+        routes_path: PathBuf,
+        force_files: bool,
+        initial: RouteTable,
+        files: FilesState,
+        local_paths: bool,
+    ) -> Ledger {
+        METRICS.table_version.set(initial.version as i64);
+        Ledger {
+            applied: tokio::sync::watch::channel(Applied {
+                version: initial.version,
+                ..Applied::default()
+            })
+            .0,
+            store: Arc::new(TableStore::new(initial)),
+            history,
+            files: Mutex::new(files),
+            routes_path,
+            force_files,
+            conflict: Mutex::new(None),
+            local_paths,
+        }
+    }
+
     /// Opens the ledger: resumes the newest version in `history` (compiling its stored
     /// document, keeping its version number), then loads the route files under the
     /// files-vs-API rule. Without a history the files must compile; with one, a broken or
     /// conflicting file set is reported and the resumed table keeps serving.
     pub fn start(
-        history: History,
+        history: impl VersionStore + 'static,
         routes_path: PathBuf,
         force_files: bool,
     ) -> Result<Ledger, ChangeError> {
-        let files = history.files_state()?;
-        let last = history.last()?;
+        let head = history.head()?;
+        let files = head.as_ref().map(|h| h.1.clone()).unwrap_or_default();
+        let last = head.map(|h| h.0);
         let mut initial = RouteTable::empty();
         let mut resumed = false;
         if let Some(rec) = &last {
@@ -329,15 +400,14 @@ impl Ledger {
             }
             initial.version = rec.version;
         }
-        METRICS.table_version.set(initial.version as i64);
-        let ledger = Ledger {
-            store: Arc::new(TableStore::new(initial)),
-            history,
-            files: Mutex::new(files),
+        let ledger = Ledger::new(
+            Box::new(history),
             routes_path,
             force_files,
-            conflict: Mutex::new(None),
-        };
+            initial,
+            files,
+            false,
+        );
         if resumed {
             match ledger.load_files(FileLoad::Start) {
                 Ok(_) | Err(ChangeError::Conflict(_)) | Err(ChangeError::Invalid(_)) => {}
@@ -350,14 +420,196 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Opens the ledger of a fleet proxy on a shared store: serves the store's newest version;
+    /// an empty store is seeded with the route files as version 1 (unless another proxy seeds
+    /// it first). Route files are not loaded at start otherwise: the fleet's table wins, and a
+    /// later change of the files is a change like any other. When the store cannot be reached
+    /// (or its newest version does not compile here), `last_known` (this proxy's copy on disk)
+    /// is served; without it, the start fails.
+    pub fn start_shared(
+        history: Box<dyn VersionStore>,
+        routes_path: PathBuf,
+        force_files: bool,
+        last_known: Option<(Record, FilesState)>,
+    ) -> Result<Ledger, ChangeError> {
+        let ledger = Ledger::new(
+            history,
+            routes_path,
+            force_files,
+            RouteTable::empty(),
+            FilesState::default(),
+            true,
+        );
+        let head = ledger.history.head();
+        let served = match head {
+            Ok(Some((rec, files))) => {
+                let v = rec.version;
+                match ledger.apply(rec, files) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!(version = v, error = %e, "the fleet's version does not compile on this node");
+                        false
+                    }
+                }
+            }
+            Ok(None) => {
+                // If-Match 0: when another node seeds first, this one catches up instead.
+                let doc = ledger.read_files()?;
+                let change = Change::new(FILES_ACTOR, None, Action::Load).if_match(Some(0));
+                match ledger.commit(change, move |_, _| Ok(doc.clone())) {
+                    Ok(c) => {
+                        tracing::info!(
+                            version = c.table.version,
+                            "seeded the fleet with the route files"
+                        );
+                        true
+                    }
+                    Err(ChangeError::Stale { .. }) => ledger.store.version() > 0,
+                    // Seeded elsewhere with a table that does not compile here.
+                    Err(ChangeError::History(HistoryError::Moved { .. })) => false,
+                    Err(ChangeError::History(HistoryError::Unavailable(e))) => {
+                        tracing::error!(error = %e, "cannot seed the fleet; starting from the last known table");
+                        false
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the fleet's table; starting from the last known table");
+                false
+            }
+        };
+        if !served {
+            let Some((rec, files)) = last_known else {
+                return Err(ChangeError::BadRequest(
+                    "the fleet's table cannot be served (etcd unreachable or the version does not compile here) and there is no last known table in the --state directory".into(),
+                ));
+            };
+            tracing::warn!(
+                version = rec.version,
+                "serving the last known table from disk"
+            );
+            ledger.apply_local(rec, files)?;
+        }
+        Ok(ledger)
+    }
+
+    /// Makes a version committed in the shared store (by any proxy) live here, if newer than
+    /// the live one. `Ok(None)`: already live. A version that does not compile here is refused
+    /// (`Invalid`), the live table stays, and the refusal is reported on [`Ledger::applied`].
+    pub fn apply(
+        &self,
+        rec: Record,
+        files: FilesState,
+    ) -> Result<Option<Arc<RouteTable>>, ChangeError> {
+        let mut f = self.files.lock();
+        let doc = self.localize(rec.doc.to_doc());
+        let mut warnings = Vec::new();
+        let r = self.store.publish_newer(rec.version, |_| {
+            let c = compile(&doc).map_err(ChangeError::Invalid)?;
+            warnings = c.warnings;
+            Ok::<_, ChangeError>(c.table)
+        });
+        match r {
+            Ok(Some(table)) => {
+                *f = files.clone();
+                drop(f);
+                for w in &warnings {
+                    tracing::warn!(version = table.version, "{w}");
+                }
+                METRICS.table_version.set(table.version as i64);
+                tracing::info!(version = table.version, actor = %rec.actor, action = rec.action.as_str(), changes = %rec.changes.one_line(), "applied the fleet's version");
+                self.applied.send_replace(Applied {
+                    version: table.version,
+                    head: Some(Arc::new((rec, files))),
+                    rejected: None,
+                });
+                Ok(Some(table))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                drop(f);
+                let error = match &e {
+                    ChangeError::Invalid(d) => d
+                        .iter()
+                        .filter(|d| d.severity == crate::routing::Severity::Error)
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    e => e.to_string(),
+                };
+                let rejected = Rejected {
+                    version: rec.version,
+                    error,
+                };
+                self.applied.send_if_modified(|a| {
+                    if a.rejected.as_ref() == Some(&rejected) {
+                        return false;
+                    }
+                    tracing::error!(version = rejected.version, error = %rejected.error, "refused the fleet's version: it does not compile on this node; the running table stays");
+                    a.rejected = Some(rejected.clone());
+                    true
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Like [`Ledger::apply`], for this proxy's own last known table at start: a table that
+    /// does not compile is an error.
+    fn apply_local(&self, rec: Record, files: FilesState) -> Result<(), ChangeError> {
+        self.apply(rec, files).map(drop)
+    }
+
+    /// Applies the shared store's newest version (a no-op for a store of one proxy, whose
+    /// newest version is live). Fails only when the store cannot be read.
+    pub fn catch_up(&self) -> Result<(), ChangeError> {
+        if !self.history.shared() {
+            return Ok(());
+        }
+        if let Some((rec, files)) = self.history.head()? {
+            // A refusal is reported on `applied`; the change that asked then finds the
+            // store still ahead and fails with `Moved`.
+            let _ = self.apply(rec, files);
+        }
+        Ok(())
+    }
+
+    /// The history record of version `v`: from memory when it is the version applied last
+    /// (no I/O: in fleet mode this answers while etcd is unreachable), else from the store.
+    pub fn record(&self, v: u64) -> Result<Option<Record>, HistoryError> {
+        if let Some(h) = &self.applied.borrow().head {
+            if h.0.version == v {
+                return Ok(Some(h.0.clone()));
+            }
+        }
+        self.history.get(v)
+    }
+
+    /// What this proxy serves, updated after every applied or refused version.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    /// `doc` with relative paths resolving against this proxy's routes directory (fleet mode).
+    fn localize(&self, mut doc: TableDoc) -> TableDoc {
+        if self.local_paths {
+            let base = self.base_dir();
+            for dir in doc.origins.base_dirs.values_mut() {
+                *dir = base.clone();
+            }
+        }
+        doc
+    }
+
     /// The live table store (the proxy reads it).
     pub fn store(&self) -> &Arc<TableStore> {
         &self.store
     }
 
     /// The history.
-    pub fn history(&self) -> &History {
-        &self.history
+    pub fn history(&self) -> &dyn VersionStore {
+        &*self.history
     }
 
     /// The route files path.
@@ -383,11 +635,41 @@ impl Ledger {
     /// The one way to change the live table. `build` gets the live table and the files-vs-API
     /// state and returns the next document; it is compiled, recorded and published while the
     /// store's publish lock is held, so nothing else is published in between and `If-Match`
-    /// is exact. Any error publishes nothing.
+    /// is exact. Any error publishes nothing. With a shared store, a change that finds the
+    /// store ahead of the live table applies the store's version and runs again (`build`
+    /// then sees that version), at most [`CATCH_UP_TRIES`] times.
     pub fn commit(
         &self,
         change: Change,
-        build: impl FnOnce(&RouteTable, &FilesState) -> Result<TableDoc, ChangeError>,
+        build: impl Fn(&RouteTable, &FilesState) -> Result<TableDoc, ChangeError>,
+    ) -> Result<Committed, ChangeError> {
+        let mut tries = 0;
+        loop {
+            let before = self.store.version();
+            let r = self.commit_once(&change, &build);
+            let behind = match &r {
+                Err(ChangeError::History(HistoryError::Moved { .. })) => true,
+                Err(ChangeError::Stale { expected, live }) => {
+                    self.history.shared() && expected > live
+                }
+                _ => false,
+            };
+            if !behind || tries >= CATCH_UP_TRIES {
+                return r;
+            }
+            tries += 1;
+            self.catch_up()?;
+            if self.store.version() == before {
+                // Nothing newer could be applied here (refused, or the store is not ahead).
+                return r;
+            }
+        }
+    }
+
+    fn commit_once(
+        &self,
+        change: &Change,
+        build: &impl Fn(&RouteTable, &FilesState) -> Result<TableDoc, ChangeError>,
     ) -> Result<Committed, ChangeError> {
         let mut files = self.files.lock();
         let mut out = None;
@@ -401,7 +683,7 @@ impl Ledger {
                 }
             }
             let doc = build(live, &files)?;
-            let compiled = compile(&doc).map_err(ChangeError::Invalid)?;
+            let compiled = compile(&self.localize(doc.clone())).map_err(ChangeError::Invalid)?;
             let from_files = matches!(change.action, Action::Load | Action::Reload | Action::Adopt);
             let mut next_files = files.clone();
             if from_files {
@@ -441,6 +723,11 @@ impl Ledger {
             *self.conflict.lock() = None;
         }
         METRICS.table_version.set(table.version as i64);
+        self.applied.send_replace(Applied {
+            version: table.version,
+            head: Some(Arc::new((record.clone(), self.files_state()))),
+            rejected: None,
+        });
         tracing::info!(
             version = table.version,
             actor = %record.actor,
@@ -464,7 +751,11 @@ impl Ledger {
     pub fn put_table(&self, change: Change, table: TableFile) -> Result<Committed, ChangeError> {
         let base = self.base_dir();
         self.commit(change, move |_, _| {
-            Ok(TableDoc::single(API_SOURCE, table, Some(base)))
+            Ok(TableDoc::single(
+                API_SOURCE,
+                table.clone(),
+                Some(base.clone()),
+            ))
         })
     }
 
@@ -505,6 +796,12 @@ impl Ledger {
         self.load_files_forced(actor, reason, Action::Adopt)
     }
 
+    /// `switchyard fleet push`: a set of route files read elsewhere, loaded like this proxy's own
+    /// files (under the files-vs-API rule, or forced).
+    pub fn push_files(&self, doc: TableDoc, force: bool) -> Result<Loaded, ChangeError> {
+        self.load_doc(Ok(doc), FileLoad::Signal, force || self.force_files)
+    }
+
     fn read_files(&self) -> Result<TableDoc, ChangeError> {
         crate::config::load_path(&self.routes_path)
             .map_err(|errs| ChangeError::Invalid(errs.into_iter().map(Diagnostic::from).collect()))
@@ -516,9 +813,11 @@ impl Ledger {
         reason: Option<String>,
         action: Action,
     ) -> Result<Committed, ChangeError> {
-        let r = self
-            .read_files()
-            .and_then(|doc| self.commit(Change::new(actor, reason, action), move |_, _| Ok(doc)));
+        let r = self.read_files().and_then(|doc| {
+            self.commit(Change::new(actor, reason, action), move |_, _| {
+                Ok(doc.clone())
+            })
+        });
         match &r {
             Ok(_) => METRICS.reloads.with_label_values(&["ok"]).inc(),
             Err(e) => self.count_failure(e),
@@ -530,10 +829,18 @@ impl Ledger {
     /// Counts `switchyard_reloads_total{result}` (`ok`, `unchanged`, `conflict`, `error`) and
     /// logs every problem.
     pub fn load_files(&self, how: FileLoad) -> Result<Loaded, ChangeError> {
+        self.load_doc(self.read_files(), how, self.force_files)
+    }
+
+    fn load_doc(
+        &self,
+        doc: Result<TableDoc, ChangeError>,
+        how: FileLoad,
+        force: bool,
+    ) -> Result<Loaded, ChangeError> {
         let path = self.routes_path.display().to_string();
-        let r = self.read_files().and_then(|doc| {
+        let r = doc.and_then(|doc| {
             let stored = StoredDoc::from(&doc);
-            let force = self.force_files;
             let action = match how {
                 FileLoad::Start => Action::Load,
                 FileLoad::Changed | FileLoad::Signal => Action::Reload,
@@ -560,7 +867,7 @@ impl Ledger {
                             });
                         }
                     }
-                    Ok(doc)
+                    Ok(doc.clone())
                 },
             )
         });
@@ -618,6 +925,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::History;
 
     const UPS: &str =
         "[upstreams.new]\naddrs = ['127.0.0.1:1']\n[upstreams.legacy]\naddrs = ['127.0.0.1:2']\n";
