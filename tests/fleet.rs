@@ -95,6 +95,22 @@ async fn a_change_through_one_node_is_served_by_all() {
         .collect();
     assert_eq!(names, ["a", "b", "c"]);
 
+    // B's metrics: three live nodes, converged, no lag, and B applied A's version through its
+    // watch (one propagation observed at least).
+    let m = get(&b.proxy.admin_url("/metrics")).await.body;
+    assert_eq!(metric(&m, "switchyard_fleet_nodes"), 3.0, "{m}");
+    assert_eq!(metric(&m, "switchyard_fleet_converged"), 1.0, "{m}");
+    assert_eq!(metric(&m, "switchyard_fleet_etcd_up"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "switchyard_fleet_version_lag{node=\"c\"}"),
+        0.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "switchyard_fleet_propagation_seconds_count") >= 1.0,
+        "{m}"
+    );
+
     // The history is the fleet's: B lists the version A made.
     let h = get(&b.proxy.admin_url("/v1/history")).await.json();
     assert_eq!(h["versions"][0]["version"], 2, "{h}");

@@ -786,14 +786,14 @@ async fn adopt(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiErro
 /// own files. Answers the change, or `null` when the files are as last loaded.
 async fn push(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiError> {
     fleet_of(state)?;
-    let _actor = actor(state, call)?;
+    let actor = actor(state, call)?;
     let obj = read_json(call).await?;
     let req: super::types::PushRequest = serde_json::from_value(Value::Object(obj))
         .map_err(|e| ApiError::BadRequest(format!("push: {e}")))?;
     let wait = wait_of(state, call)?;
     let ledger = state.ledger.clone();
     let loaded =
-        tokio::task::spawn_blocking(move || ledger.push_files(req.doc.to_doc(), req.force))
+        tokio::task::spawn_blocking(move || ledger.push_files(&actor, req.doc.to_doc(), req.force))
             .await
             .map_err(|e| ApiError::Internal(format!("change task: {e}")))??;
     let answer = loaded.result();

@@ -798,8 +798,13 @@ impl Ledger {
 
     /// `switchyard fleet push`: a set of route files read elsewhere, loaded like this proxy's own
     /// files (under the files-vs-API rule, or forced).
-    pub fn push_files(&self, doc: TableDoc, force: bool) -> Result<Loaded, ChangeError> {
-        self.load_doc(Ok(doc), FileLoad::Signal, force || self.force_files)
+    pub fn push_files(
+        &self,
+        actor: &str,
+        doc: TableDoc,
+        force: bool,
+    ) -> Result<Loaded, ChangeError> {
+        self.load_doc(Ok(doc), FileLoad::Signal, force || self.force_files, actor)
     }
 
     fn read_files(&self) -> Result<TableDoc, ChangeError> {
@@ -829,7 +834,7 @@ impl Ledger {
     /// Counts `switchyard_reloads_total{result}` (`ok`, `unchanged`, `conflict`, `error`) and
     /// logs every problem.
     pub fn load_files(&self, how: FileLoad) -> Result<Loaded, ChangeError> {
-        self.load_doc(self.read_files(), how, self.force_files)
+        self.load_doc(self.read_files(), how, self.force_files, FILES_ACTOR)
     }
 
     fn load_doc(
@@ -837,6 +842,7 @@ impl Ledger {
         doc: Result<TableDoc, ChangeError>,
         how: FileLoad,
         force: bool,
+        actor: &str,
     ) -> Result<Loaded, ChangeError> {
         let path = self.routes_path.display().to_string();
         let r = doc.and_then(|doc| {
@@ -845,31 +851,28 @@ impl Ledger {
                 FileLoad::Start => Action::Load,
                 FileLoad::Changed | FileLoad::Signal => Action::Reload,
             };
-            self.commit(
-                Change::new(FILES_ACTOR, None, action),
-                move |live, files| {
-                    let unchanged = files.doc.as_ref() == Some(&stored);
-                    if how != FileLoad::Signal && unchanged && live.version > 0 {
-                        return Err(ChangeError::FilesUnchanged);
+            self.commit(Change::new(actor, None, action), move |live, files| {
+                let unchanged = files.doc.as_ref() == Some(&stored);
+                if how != FileLoad::Signal && unchanged && live.version > 0 {
+                    return Err(ChangeError::FilesUnchanged);
+                }
+                if !force {
+                    let conflicts: Vec<String> = files
+                        .api_changed
+                        .iter()
+                        .filter(|s| summary::subject_differs(s, &live.doc.table, &doc.table))
+                        .cloned()
+                        .collect();
+                    if !conflicts.is_empty() {
+                        return Err(if unchanged {
+                            ChangeError::FilesUnchanged
+                        } else {
+                            ChangeError::Conflict(conflicts)
+                        });
                     }
-                    if !force {
-                        let conflicts: Vec<String> = files
-                            .api_changed
-                            .iter()
-                            .filter(|s| summary::subject_differs(s, &live.doc.table, &doc.table))
-                            .cloned()
-                            .collect();
-                        if !conflicts.is_empty() {
-                            return Err(if unchanged {
-                                ChangeError::FilesUnchanged
-                            } else {
-                                ChangeError::Conflict(conflicts)
-                            });
-                        }
-                    }
-                    Ok(doc.clone())
-                },
-            )
+                }
+                Ok(doc.clone())
+            })
         });
         match r {
             Ok(c) => {
@@ -1089,6 +1092,113 @@ mod tests {
         assert_eq!(c.table.version, 3);
         assert_eq!(c.record.reverted_to, Some(1));
         assert_eq!(route(&l, "users").split.as_ref().unwrap().len(), 2);
+    }
+
+    /// A store shared by several ledgers, as etcd is by the nodes of a fleet.
+    #[derive(Debug, Default)]
+    struct Shared(Mutex<Vec<(Record, FilesState)>>);
+
+    impl VersionStore for Arc<Shared> {
+        fn commit(&self, rec: &Record, files: &FilesState) -> Result<(), HistoryError> {
+            let mut v = self.0.lock();
+            let head = v.last().map_or(0, |h| h.0.version);
+            if head + 1 != rec.version {
+                return Err(HistoryError::Moved { head });
+            }
+            v.push((rec.clone(), files.clone()));
+            Ok(())
+        }
+        fn get(&self, n: u64) -> Result<Option<Record>, HistoryError> {
+            Ok(self
+                .0
+                .lock()
+                .iter()
+                .find(|h| h.0.version == n)
+                .map(|h| h.0.clone()))
+        }
+        fn list(&self, limit: usize, _: Option<u64>) -> Result<Vec<Record>, HistoryError> {
+            Ok(self
+                .0
+                .lock()
+                .iter()
+                .rev()
+                .take(limit)
+                .map(|h| h.0.clone())
+                .collect())
+        }
+        fn head(&self) -> Result<Option<(Record, FilesState)>, HistoryError> {
+            Ok(self.0.lock().last().cloned())
+        }
+        fn len(&self) -> Result<u64, HistoryError> {
+            Ok(self.0.lock().len() as u64)
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_shared_store_keeps_if_match_exact_across_ledgers() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &files(SPLIT, "to = 'new'"));
+        let store = Arc::new(Shared::default());
+        let a =
+            Ledger::start_shared(Box::new(store.clone()), dir.path().into(), false, None).unwrap();
+        // B starts on the seeded store: the fleet's version 1, not a second seed.
+        let b =
+            Ledger::start_shared(Box::new(store.clone()), dir.path().into(), false, None).unwrap();
+        assert_eq!((a.store().version(), b.store().version()), (1, 1));
+        assert_eq!(store.len().unwrap(), 1);
+
+        a.rollback(change(Action::Rollback), "users").unwrap();
+        // B has not seen version 2: If-Match 1 passes locally, the store refuses it, B catches
+        // up and answers Stale, changing nothing.
+        let p = RoutePatch {
+            to: Some("new".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            b.patch(change(Action::Patch).if_match(Some(1)), "orders", &p),
+            Err(ChangeError::Stale {
+                expected: 1,
+                live: 2
+            })
+        ));
+        assert_eq!(b.store().version(), 2);
+        assert_eq!(route(&b, "users").to.as_deref(), Some("legacy"));
+        // A moves on again; B's If-Match 2 is stale, its If-Match 3 (ahead of B's table) is
+        // right: B catches up first, then makes the change.
+        let p2 = RoutePatch {
+            to: Some("legacy".into()),
+            ..Default::default()
+        };
+        a.patch(change(Action::Patch), "orders", &p2).unwrap();
+        let c = b
+            .patch(change(Action::Patch).if_match(Some(2)), "orders", &p)
+            .unwrap_err();
+        assert!(matches!(c, ChangeError::Stale { .. }), "{c:?}");
+        let v = store.len().unwrap();
+        assert_eq!(v, 3);
+        let c = b
+            .patch(change(Action::Patch).if_match(Some(v)), "orders", &p)
+            .unwrap();
+        assert_eq!(c.table.version, v + 1);
+        // Without If-Match, A (behind) builds on B's version: nothing of B's change is lost,
+        // and the files-vs-API state travels with the versions.
+        let c = a.patch(change(Action::Patch), "users", &p).unwrap();
+        assert_eq!(c.table.version, v + 2);
+        assert_eq!(route(&a, "orders").to.as_deref(), Some("new"));
+        assert!(a.files_state().api_changed.contains("route:orders"));
+        // A version that does not compile on B is refused there and reported.
+        let mut bad = store.head().unwrap().unwrap();
+        bad.0.version += 1;
+        bad.0.doc.table.routes[0].to = Some("missing".into());
+        assert!(b.apply(bad.0, bad.1).is_err());
+        assert_eq!(b.store().version(), v + 1);
+        assert_eq!(
+            b.applied().borrow().rejected.as_ref().map(|r| r.version),
+            Some(v + 3)
+        );
     }
 
     #[test]
