@@ -303,7 +303,6 @@ async fn etcd_down_serves_the_last_table_and_refuses_changes() {
     etcd.kill9();
     // Every node keeps serving version 2 and says etcd is unreachable.
     for n in &nodes {
-        let n = &*n;
         until("healthz to report etcd unreachable", 20, || async {
             get(&n.proxy.admin_url("/healthz")).await.json()["fleet"]["etcd"] == "unreachable"
         })
@@ -460,7 +459,6 @@ async fn a_fleet_hold_queues_requests_on_every_node() {
         held.push(tokio::spawn(async move { get(&url).await }));
     }
     for n in &nodes {
-        let n = &*n;
         until("a queued request on each node", 10, || async {
             let v = get(&n.proxy.admin_url("/v1/inflight")).await.json();
             v["routes"]["users"]["queued"] == 1
@@ -568,9 +566,9 @@ async fn propagation(nodes: &[Node], n: usize) -> Vec<f64> {
     out
 }
 
-async fn futures_join_all<F: std::future::Future>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let hs: Vec<_> = fs.into_iter().map(tokio::spawn).collect();

@@ -85,13 +85,16 @@ pub fn shared_etcd() -> &'static str {
             std::process::id(),
             data.display()
         );
-        Command::new("sh")
+        // Kept (never waited for): the shell outlives every test and ends after the process.
+        static SHELL: OnceLock<std::sync::Mutex<Child>> = OnceLock::new();
+        let sh = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start etcd");
+        let _ = SHELL.set(std::sync::Mutex::new(sh));
         wait_healthy(client);
         format!("http://127.0.0.1:{client}")
     })
