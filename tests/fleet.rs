@@ -365,6 +365,32 @@ async fn a_killed_node_leaves_after_its_lease() {
         &routes(&new, &legacy, SPLIT),
     )
     .await;
+    // A node that stops answering (SIGSTOP) is named by wait_fleet until its lease expires.
+    let pid = nodes[2].proxy.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let r = nodes[0]
+        .call(
+            "PATCH",
+            "/v1/routes/orders?wait_fleet=300ms",
+            &[],
+            &patch_to("legacy"),
+        )
+        .await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    let err = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        err.starts_with("version 2 is committed, but not served by: c (not confirmed"),
+        "{err}"
+    );
+    let b = &nodes[1];
+    until("b to serve version 2", 10, || async {
+        b.version().await == 2
+    })
+    .await;
     nodes[2].kill9();
     let a = &nodes[0];
     until("node c to leave the fleet", 20, || async {
