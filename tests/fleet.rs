@@ -553,6 +553,63 @@ async fn a_node_restarted_after_compaction_converges() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_password() {
+    let (new, legacy) = (Origin::start("new").await, Origin::start("legacy").await);
+    let certs = tempfile::tempdir().unwrap();
+    tls_files(certs.path());
+    let etcd = Etcd::start_tls(certs.path());
+    let ca = std::fs::read(certs.path().join("ca.pem")).unwrap();
+    let tls = || {
+        etcd_client::ConnectOptions::new().with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(ca.clone())),
+        )
+    };
+    // Authentication on, with a root user.
+    let mut admin = etcd_client::Client::connect([etcd.url.as_str()], Some(tls()))
+        .await
+        .unwrap();
+    until("etcd over TLS to answer", 20, || {
+        let mut c = admin.clone();
+        async move { c.status().await.is_ok() }
+    })
+    .await;
+    admin.user_add("root", "s3cret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let dir = routes_dir(&routes(&new, &legacy, SPLIT));
+    let ca_file = certs.path().join("ca.pem").display().to_string();
+    let a = Node::start_with(
+        &etcd.url,
+        "/tls",
+        "a",
+        dir.path(),
+        &["--etcd-ca-file", &ca_file, "--etcd-user", "root"],
+        &[("SWITCHYARD_ETCD_PASSWORD", "s3cret")],
+    )
+    .await;
+    assert_eq!(a.version().await, 1);
+    let r = a
+        .call(
+            "PATCH",
+            "/v1/routes/users?wait_fleet=10s",
+            &[],
+            &patch_to("new"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(a.fleet().await["nodes"][0]["version"], 2);
+    // The version is in etcd, readable only with the password.
+    let mut c =
+        etcd_client::Client::connect([etcd.url.as_str()], Some(tls().with_user("root", "s3cret")))
+            .await
+            .unwrap();
+    let v = c.get("/tls/version", None).await.unwrap();
+    assert_eq!(v.kvs()[0].value(), b"2");
+}
+
 /// p-th percentile (0..1) of sorted `v`, in ms.
 fn pct(v: &[f64], p: f64) -> f64 {
     let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;

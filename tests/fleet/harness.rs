@@ -109,6 +109,62 @@ pub struct Etcd {
     child: Option<Child>,
 }
 
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// `ca.pem`, `server.pem`, `server-key.pem`.
+pub fn tls_files(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("server-key.pem"), key.serialize_pem()).unwrap();
+}
+
+impl Etcd {
+    /// Starts etcd serving clients over TLS with the certificate of [`tls_files`] in `certs`.
+    pub fn start_tls(certs: &Path) -> Etcd {
+        let (client, peer) = (reserve_port(), reserve_port());
+        let data = tempfile::tempdir().unwrap();
+        let mut args = etcd_args(&data.path().join("etcd"), client, peer);
+        for a in args.iter_mut() {
+            if a.starts_with(&format!("http://127.0.0.1:{client}")) {
+                *a = a.replacen("http://", "https://", 1);
+            }
+        }
+        args.extend([
+            "--cert-file".into(),
+            certs.join("server.pem").display().to_string(),
+            "--key-file".into(),
+            certs.join("server-key.pem").display().to_string(),
+        ]);
+        let child = Command::new(etcd_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd (TLS) never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcd {
+            url: format!("https://127.0.0.1:{client}"),
+            client,
+            peer,
+            data,
+            child: Some(child),
+        }
+    }
+}
+
 impl Etcd {
     /// Starts etcd on free loopback ports with a new data directory.
     pub fn start() -> Etcd {
@@ -173,8 +229,20 @@ pub struct Node {
 impl Node {
     /// Starts node `name` of the fleet at `etcd`/`prefix` on the route files in `routes`.
     pub async fn start(etcd: &str, prefix: &str, name: &str, routes: &Path) -> Node {
+        Self::start_with(etcd, prefix, name, routes, &[], &[]).await
+    }
+
+    /// [`Node::start`] with more arguments and environment variables.
+    pub async fn start_with(
+        etcd: &str,
+        prefix: &str,
+        name: &str,
+        routes: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let state = tempfile::tempdir().unwrap();
-        let proxy = Self::spawn(etcd, prefix, name, routes, state.path()).await;
+        let proxy = Self::spawn_with(etcd, prefix, name, routes, state.path(), extra, env).await;
         Node {
             name: name.into(),
             proxy,
@@ -186,27 +254,39 @@ impl Node {
     }
 
     async fn spawn(etcd: &str, prefix: &str, name: &str, routes: &Path, state: &Path) -> Proxy {
-        Proxy::start_env(
-            routes,
-            &[
-                "--state",
-                &state.display().to_string(),
-                "--etcd",
-                etcd,
-                "--node-id",
-                name,
-                "--etcd-prefix",
-                prefix,
-                "--fleet-lease-ttl",
-                TTL,
-                "--fleet-reconcile-ms",
-                "1000",
-                "--etcd-timeout-ms",
-                "1000",
-            ],
-            &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)],
-        )
-        .await
+        Self::spawn_with(etcd, prefix, name, routes, state, &[], &[]).await
+    }
+
+    async fn spawn_with(
+        etcd: &str,
+        prefix: &str,
+        name: &str,
+        routes: &Path,
+        state: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        let state = state.display().to_string();
+        let mut args = vec![
+            "--state",
+            &state,
+            "--etcd",
+            etcd,
+            "--node-id",
+            name,
+            "--etcd-prefix",
+            prefix,
+            "--fleet-lease-ttl",
+            TTL,
+            "--fleet-reconcile-ms",
+            "1000",
+            "--etcd-timeout-ms",
+            "1000",
+        ];
+        args.extend_from_slice(extra);
+        let mut envs = vec![("SWITCHYARD_ADMIN_TOKEN", TOKEN)];
+        envs.extend_from_slice(env);
+        Proxy::start_env(routes, &args, &envs).await
     }
 
     /// Kills the process with SIGKILL (its state directory stays).
