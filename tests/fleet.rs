@@ -558,7 +558,7 @@ async fn etcd_over_tls_with_a_password() {
     let (new, legacy) = (Origin::start("new").await, Origin::start("legacy").await);
     let certs = tempfile::tempdir().unwrap();
     tls_files(certs.path());
-    let etcd = Etcd::start_tls(certs.path());
+    let mut etcd = Etcd::start_tls(certs.path());
     let ca = std::fs::read(certs.path().join("ca.pem")).unwrap();
     let tls = || {
         etcd_client::ConnectOptions::new().with_tls(
@@ -581,7 +581,7 @@ async fn etcd_over_tls_with_a_password() {
 
     let dir = routes_dir(&routes(&new, &legacy, SPLIT));
     let ca_file = certs.path().join("ca.pem").display().to_string();
-    let a = Node::start_with(
+    let mut a = Node::start_with(
         &etcd.url,
         "/tls",
         "a",
@@ -608,6 +608,28 @@ async fn etcd_over_tls_with_a_password() {
             .unwrap();
     let v = c.get("/tls/version", None).await.unwrap();
     assert_eq!(v.kvs()[0].value(), b"2");
+
+    // Restarted while etcd is down, the node serves its disk copy, then logs in once etcd
+    // is back (which also forgot the old token) and follows the fleet again.
+    etcd.kill9();
+    a.restart().await;
+    assert_eq!(a.version().await, 2);
+    etcd.restart();
+    let a = &a;
+    until("the node to reach etcd again", 30, || async {
+        a.fleet().await["etcd"] == "up"
+    })
+    .await;
+    let r = a
+        .call(
+            "PATCH",
+            "/v1/routes/users?wait_fleet=10s",
+            &[],
+            &patch_to("legacy"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(a.origin_of("/users/1").await, "legacy");
 }
 
 /// p-th percentile (0..1) of sorted `v`, in ms.

@@ -177,6 +177,8 @@ pub struct Fleet {
     view: watch::Sender<View>,
     /// etcd revision of the last hold or release applied here.
     hold_applied: watch::Sender<u64>,
+    /// `--etcd-user` and its password, until the first successful authentication.
+    login: parking_lot::Mutex<Option<(String, String)>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -226,12 +228,19 @@ impl Fleet {
             }
             opts = opts.with_tls(tls);
         }
-        if let Some(user) = &args.etcd_user {
-            let pw = std::env::var(PASSWORD_ENV).map_err(|_| FleetError::NoPassword)?;
-            opts = opts.with_user(user.clone(), pw);
-        }
+        let login = match &args.etcd_user {
+            Some(user) => Some((
+                user.clone(),
+                std::env::var(PASSWORD_ENV).map_err(|_| FleetError::NoPassword)?,
+            )),
+            None => None,
+        };
+        // The channel is lazy: no connection yet. Credentials are given once etcd answers
+        // ([`Fleet::login`]), so that a node starts from its disk copy while etcd is down;
+        // from then on an expired token (etcd's default TTL is 5 minutes, and a restarted
+        // etcd forgets its tokens) is renewed by the client.
+        opts = opts.with_auto_token_refresh(true);
         let endpoints = args.etcd.clone();
-        // With a user, connecting authenticates at once; without, the channel is lazy.
         let client = rt
             .block_on(async {
                 tokio::time::timeout(
@@ -254,7 +263,26 @@ impl Fleet {
             ledger: OnceLock::new(),
             view: watch::channel(View::default()).0,
             hold_applied: watch::channel(0).0,
+            login: parking_lot::Mutex::new(login),
         })
+        .inspect(|f| {
+            if let Err(e) = f.rt.block_on(f.login()) {
+                tracing::warn!(error = %e, "cannot authenticate to etcd yet");
+            }
+        })
+    }
+
+    /// Authenticates with `--etcd-user` if that has not succeeded yet (a no-op without a user,
+    /// or once done). Every loop calls it before talking to etcd.
+    pub async fn login(&self) -> Result<(), FleetError> {
+        let Some(creds) = self.login.lock().clone() else {
+            return Ok(());
+        };
+        let mut c = self.client.clone();
+        self.timed(c.update_user(Some(creds))).await?;
+        *self.login.lock() = None;
+        tracing::info!("authenticated to etcd");
+        Ok(())
     }
 
     /// The ledger's store: versions and history in etcd.

@@ -40,6 +40,10 @@ pub async fn confirm(fleet: Arc<Fleet>, ledger: Arc<Ledger>) {
     let every = fleet.ttl / 3;
     loop {
         let mut client = fleet.client.clone();
+        if fleet.login().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
         let lease = match fleet.timed(client.lease_grant(ttl, None)).await {
             Ok(l) => l.id(),
             Err(e) => {

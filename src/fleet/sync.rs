@@ -32,6 +32,7 @@ pub async fn run(fleet: Arc<Fleet>, ledger: Arc<Ledger>) {
 
 /// One full read and the watch after it; `Ok` when the watch ended by itself.
 async fn session(fleet: &Arc<Fleet>, ledger: &Arc<Ledger>) -> Result<(), FleetError> {
+    fleet.login().await?;
     let rev = read_all(fleet, ledger).await?;
     let mut client = fleet.client.clone();
     let mut stream = fleet

@@ -104,8 +104,8 @@ pub fn shared_etcd() -> &'static str {
 pub struct Etcd {
     pub url: String,
     client: u16,
-    peer: u16,
-    data: tempfile::TempDir,
+    args: Vec<String>,
+    _data: tempfile::TempDir,
     child: Option<Child>,
 }
 
@@ -128,52 +128,42 @@ pub fn tls_files(dir: &Path) {
 }
 
 impl Etcd {
+    /// Starts etcd on free loopback ports with a new data directory.
+    pub fn start() -> Etcd {
+        Self::start_args(|_, _| {})
+    }
+
     /// Starts etcd serving clients over TLS with the certificate of [`tls_files`] in `certs`.
     pub fn start_tls(certs: &Path) -> Etcd {
+        let mut e = Self::start_args(|args, client| {
+            // Client URLs only: the peer listener stays plain.
+            let plain = format!("http://127.0.0.1:{client}");
+            for a in args.iter_mut() {
+                if *a == plain {
+                    *a = format!("https://127.0.0.1:{client}");
+                }
+            }
+            args.extend([
+                "--cert-file".into(),
+                certs.join("server.pem").display().to_string(),
+                "--key-file".into(),
+                certs.join("server-key.pem").display().to_string(),
+            ]);
+        });
+        e.url = e.url.replacen("http://", "https://", 1);
+        e
+    }
+
+    fn start_args(edit: impl FnOnce(&mut Vec<String>, u16)) -> Etcd {
         let (client, peer) = (reserve_port(), reserve_port());
         let data = tempfile::tempdir().unwrap();
         let mut args = etcd_args(&data.path().join("etcd"), client, peer);
-        for a in args.iter_mut() {
-            if a.starts_with(&format!("http://127.0.0.1:{client}")) {
-                *a = a.replacen("http://", "https://", 1);
-            }
-        }
-        args.extend([
-            "--cert-file".into(),
-            certs.join("server.pem").display().to_string(),
-            "--key-file".into(),
-            certs.join("server-key.pem").display().to_string(),
-        ]);
-        let child = Command::new(etcd_bin())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd (TLS) never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Etcd {
-            url: format!("https://127.0.0.1:{client}"),
-            client,
-            peer,
-            data,
-            child: Some(child),
-        }
-    }
-}
-
-impl Etcd {
-    /// Starts etcd on free loopback ports with a new data directory.
-    pub fn start() -> Etcd {
-        let (client, peer) = (reserve_port(), reserve_port());
+        edit(&mut args, client);
         let mut e = Etcd {
             url: format!("http://127.0.0.1:{client}"),
             client,
-            peer,
-            data: tempfile::tempdir().unwrap(),
+            args,
+            _data: data,
             child: None,
         };
         e.restart();
@@ -183,17 +173,21 @@ impl Etcd {
     /// Starts it again on the same ports and data (after [`Etcd::kill9`]).
     pub fn restart(&mut self) {
         let child = Command::new(etcd_bin())
-            .args(etcd_args(
-                &self.data.path().join("etcd"),
-                self.client,
-                self.peer,
-            ))
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
-        wait_healthy(self.client);
+        if self.args.iter().any(|a| a.starts_with("https://")) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", self.client)).is_err() {
+                assert!(Instant::now() < deadline, "etcd (TLS) never listened");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else {
+            wait_healthy(self.client);
+        }
     }
 
     /// Kills it with SIGKILL.
@@ -224,6 +218,8 @@ pub struct Node {
     pub state: tempfile::TempDir,
     etcd: String,
     prefix: String,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -250,6 +246,11 @@ impl Node {
             state,
             etcd: etcd.into(),
             prefix: prefix.into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -297,12 +298,20 @@ impl Node {
     /// Starts it again with the same state directory, routes and ports chosen anew.
     pub async fn restart(&mut self) {
         self.proxy.kill9();
-        self.proxy = Self::spawn(
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.proxy = Self::spawn_with(
             &self.etcd,
             &self.prefix,
             &self.name,
             &self.routes,
             self.state.path(),
+            &extra,
+            &env,
         )
         .await;
     }
