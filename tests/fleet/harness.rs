@@ -254,10 +254,6 @@ impl Node {
         }
     }
 
-    async fn spawn(etcd: &str, prefix: &str, name: &str, routes: &Path, state: &Path) -> Proxy {
-        Self::spawn_with(etcd, prefix, name, routes, state, &[], &[]).await
-    }
-
     async fn spawn_with(
         etcd: &str,
         prefix: &str,
