@@ -238,6 +238,22 @@ async fn route_files_seed_then_push_under_the_files_rule() {
     let t = get(&b.proxy.admin_url("/v1/table")).await.json();
     assert!(t["table"]["routes"][0]["split"].is_object(), "{t}");
 
+    // Noise in B's routes directory makes no version; an edit of B's route file is a change
+    // of the fleet (the files-vs-API rule allows it: nothing was changed through the API).
+    // (B's route file rewritten as it was: seen by the watcher, but B's files did not change,
+    // though they differ from the fleet's.)
+    rewrite_routes(b_dir.path(), &routes(&new, &legacy, "to = \"new\""));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a.version().await, 1);
+    rewrite_routes(b_dir.path(), &routes(&new, &legacy, "to = \"legacy\""));
+    until("b's file edit to reach a", 10, || async {
+        a.version().await == 2
+    })
+    .await;
+    assert_eq!(a.origin_of("/users/1").await, "legacy");
+    let h = get(&a.proxy.admin_url("/v1/history")).await.json();
+    assert_eq!(h["versions"][0]["action"], "reload", "{h}");
+
     // An API change to `orders`, then a push that would undo it: refused; --force wins.
     let r = a
         .call(
@@ -271,7 +287,7 @@ async fn route_files_seed_then_push_under_the_files_rule() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("route:orders"), "{err}");
-    assert_eq!(a.version().await, 2);
+    assert_eq!(a.version().await, 3);
     let out = push(true);
     assert!(
         out.status.success(),
@@ -279,7 +295,7 @@ async fn route_files_seed_then_push_under_the_files_rule() {
         String::from_utf8_lossy(&out.stderr)
     );
     for n in [&a, &b] {
-        assert_eq!(n.version().await, 3, "node {}", n.name);
+        assert_eq!(n.version().await, 4, "node {}", n.name);
         assert_eq!(n.origin_of("/users/1").await, "new");
         assert_eq!(n.origin_of("/orders/1").await, "new");
     }

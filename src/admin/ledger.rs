@@ -239,6 +239,10 @@ pub struct Ledger {
     /// whichever proxy made the change.
     local_paths: bool,
     applied: tokio::sync::watch::Sender<Applied>,
+    /// Fleet mode: this proxy's route files as last read here (at start or on a change), so
+    /// that a change seen in its routes directory that leaves them as they were (an editor's
+    /// temporary file) makes no fleet version, whatever files the fleet last loaded.
+    local_files: Mutex<Option<StoredDoc>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -364,6 +368,7 @@ impl Ledger {
             force_files,
             conflict: Mutex::new(None),
             local_paths,
+            local_files: Mutex::new(None),
         }
     }
 
@@ -440,6 +445,7 @@ impl Ledger {
             FilesState::default(),
             true,
         );
+        *ledger.local_files.lock() = ledger.read_files().ok().map(|d| StoredDoc::from(&d));
         let head = ledger.history.head();
         let served = match head {
             Ok(Some((rec, files))) => {
@@ -834,7 +840,20 @@ impl Ledger {
     /// Counts `switchyard_reloads_total{result}` (`ok`, `unchanged`, `conflict`, `error`) and
     /// logs every problem.
     pub fn load_files(&self, how: FileLoad) -> Result<Loaded, ChangeError> {
-        self.load_doc(self.read_files(), how, self.force_files, FILES_ACTOR)
+        let doc = self.read_files();
+        if self.local_paths {
+            if let Ok(d) = &doc {
+                let stored = Some(StoredDoc::from(d));
+                let mut seen = self.local_files.lock();
+                if how == FileLoad::Changed && *seen == stored {
+                    METRICS.reloads.with_label_values(&["unchanged"]).inc();
+                    tracing::info!(path = %self.routes_path.display(), "route files unchanged since this node last read them; nothing to load into the fleet");
+                    return Ok(Loaded::Unchanged);
+                }
+                *seen = stored;
+            }
+        }
+        self.load_doc(doc, how, self.force_files, FILES_ACTOR)
     }
 
     fn load_doc(
