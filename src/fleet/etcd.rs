@@ -17,7 +17,9 @@ use crate::admin::store::VersionStore;
 /// it. A watch event on it is all a node needs to apply the version.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Head {
+    /// The newest version's history record (its whole document included).
     pub record: Record,
+    /// The files-vs-API state committed with it.
     pub files: FilesState,
 }
 

@@ -23,10 +23,13 @@ pub struct FleetHold {
     /// under the hold's length).
     #[serde(default)]
     pub until_ms: u64,
+    /// What the hold does at its deadline (as `POST /v1/hold` says).
     #[serde(default)]
     pub on_expiry: OnExpiry,
+    /// Requests queued at once on each node, beyond which 503.
     #[serde(default)]
     pub max_queued: u64,
+    /// Request bytes queued at once on each node, beyond which 503.
     #[serde(default)]
     pub max_queued_bytes: u64,
     /// Who asked.
