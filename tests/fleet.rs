@@ -648,6 +648,64 @@ async fn etcd_over_tls_with_a_password() {
     assert_eq!(a.origin_of("/users/1").await, "legacy");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_cancelled_by_compaction_reads_everything_again() {
+    let (new, legacy) = (Origin::start("new").await, Origin::start("legacy").await);
+    let etcd = Etcd::start();
+    // A large table, so that a stopped node's watch stream fills and etcd stops delivering
+    // to it (its watcher falls behind, where compaction cancels it).
+    let mut toml = routes(&new, &legacy, SPLIT);
+    for i in 0..60 {
+        toml.push_str(&format!(
+            "[[routes]]\nid = \"r{i}\"\npath = \"/r{i}/padding-padding-padding-padding/*\"\nto = \"new\"\n"
+        ));
+    }
+    let da = routes_dir(&toml);
+    let dc = routes_dir(&toml);
+    let a = Node::start(&etcd.url, "/sy", "a", da.path()).await;
+    let c = Node::start(&etcd.url, "/sy", "c", dc.path()).await;
+    let pid = c.proxy.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    for i in 0..400 {
+        let to = if i % 2 == 0 { "legacy" } else { "new" };
+        let r = a
+            .call("PATCH", "/v1/routes/orders", &[], &patch_to(to))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
+        .await
+        .unwrap();
+    let rev = client
+        .get("/sy/version", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .compact(
+            rev,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    signal("-CONT");
+    until("c to converge", 30, || async { c.version().await == 401 }).await;
+    until("c's watch to be cancelled and replaced", 30, || async {
+        let m = get(&c.proxy.admin_url("/metrics")).await.body;
+        metric(&m, "switchyard_fleet_resyncs_total{reason=\"cancelled\"}") >= 1.0
+    })
+    .await;
+}
+
 /// p-th percentile (0..1) of sorted `v`, in ms.
 fn pct(v: &[f64], p: f64) -> f64 {
     let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;

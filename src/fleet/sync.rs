@@ -21,6 +21,7 @@ pub async fn run(fleet: Arc<Fleet>, ledger: Arc<Ledger>) {
         match session(&fleet, &ledger).await {
             Ok(()) => pause = Duration::from_millis(100),
             Err(e) => {
+                METRICS.fleet_resyncs.with_label_values(&["error"]).inc();
                 fleet.set_etcd_up(false);
                 tracing::warn!(error = %e, "fleet watch interrupted; reading the whole state again");
                 tokio::time::sleep(pause).await;
@@ -53,9 +54,11 @@ async fn session(fleet: &Arc<Fleet>, ledger: &Arc<Ledger>) -> Result<(), FleetEr
         tokio::select! {
             msg = stream.message() => {
                 let Some(resp) = msg.map_err(|e| FleetError::Etcd(e.to_string()))? else {
+                    METRICS.fleet_resyncs.with_label_values(&["ended"]).inc();
                     return Ok(());
                 };
                 if resp.canceled() {
+                    METRICS.fleet_resyncs.with_label_values(&["cancelled"]).inc();
                     tracing::warn!(compact_revision = resp.compact_revision(), reason = resp.cancel_reason(), "fleet watch cancelled; reading the whole state again");
                     return Ok(());
                 }

@@ -60,6 +60,10 @@ pub struct Metrics {
     /// `switchyard_fleet_propagation_seconds`: from a version's commit in etcd (its recorded
     /// time) to this node serving it, for versions committed by other nodes.
     pub fleet_propagation: Histogram,
+    /// `switchyard_fleet_resyncs_total{reason}`: full re-reads of the fleet's state after the
+    /// watch stopped; `reason` is `cancelled` (by etcd, e.g. its revision was compacted),
+    /// `ended` or `error` (etcd unreachable, or an error answer).
+    pub fleet_resyncs: IntCounterVec,
 }
 
 /// `result` label values of `switchyard_shadow_total`, indexed by `proxy::shadow::Outcome`.
@@ -259,8 +263,17 @@ impl Metrics {
             ]),
         )
         .expect("static metric definition");
+        let fleet_resyncs = IntCounterVec::new(
+            Opts::new(
+                "switchyard_fleet_resyncs_total",
+                "Full re-reads of the fleet's state after the watch stopped, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(fleet_nodes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fleet_resyncs.clone()),
             Box::new(fleet_converged.clone()),
             Box::new(fleet_version_lag.clone()),
             Box::new(fleet_etcd_up.clone()),
@@ -301,6 +314,7 @@ impl Metrics {
             fleet_version_lag,
             fleet_etcd_up,
             fleet_propagation,
+            fleet_resyncs,
         }
     }
 
