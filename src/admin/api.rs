@@ -59,6 +59,12 @@ pub enum ApiError {
     History(HistoryError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Fleet mode: etcd cannot be reached; nothing was changed.
+    #[error("{0}; nothing was changed (this node keeps serving its last table)")]
+    Unavailable(String),
+    /// Fleet mode: the change is committed but not every live node serves it (`wait_fleet`).
+    #[error("{0}")]
+    NotConfirmed(String),
 }
 
 impl From<HistoryError> for ApiError {
@@ -76,6 +82,10 @@ impl ApiError {
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidTable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::History(HistoryError::Unavailable(_))
+            | ApiError::Change(ChangeError::History(HistoryError::Unavailable(_)))
+            | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotConfirmed(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Change(e) => match e {
                 ChangeError::Stale { .. } => StatusCode::CONFLICT,
                 ChangeError::UnknownRoute(_) | ChangeError::UnknownVersion(_) => {
@@ -85,6 +95,7 @@ impl ApiError {
                 ChangeError::NoFallback { .. } | ChangeError::Conflict(_) => StatusCode::CONFLICT,
                 ChangeError::FilesUnchanged => StatusCode::CONFLICT,
                 ChangeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                ChangeError::History(HistoryError::Moved { .. }) => StatusCode::CONFLICT,
                 ChangeError::History(_) | ChangeError::Internal(_) => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
@@ -215,10 +226,18 @@ async fn route(state: &Arc<AdminState>, mut call: Call) -> Result<Resp, ApiError
         }
         ["healthz"] => {
             only(&m, &Method::GET, "GET")?;
-            Ok(json_resp(
-                StatusCode::OK,
-                &json!({ "status": "ok", "version": state.store.version() }),
-            ))
+            let mut body = json!({ "status": "ok", "version": state.store.version() });
+            if let Some(f) = &state.fleet {
+                // Still serving (200): the data plane works on the last table; only changes
+                // wait for etcd.
+                let up = f.etcd_up();
+                body["fleet"] = json!({
+                    "node": f.node,
+                    "etcd": if up { "up" } else { "unreachable" },
+                    "serving_last_known_table": !up,
+                });
+            }
+            Ok(json_resp(StatusCode::OK, &body))
         }
         ["v1", rest @ ..] => {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
@@ -258,6 +277,8 @@ fn authenticate_known(state: &AdminState, call: &Call, rest: &[&str]) -> Result<
             | ["traffic"]
             | ["plans", _]
             | ["plans", _, "abort" | "approve"]
+            | ["fleet"]
+            | ["fleet", "push"]
     );
     if !known {
         return Err(ApiError::NotFound(format!("/v1/{}", rest.join("/"))));
@@ -341,11 +362,20 @@ async fn v1(state: &Arc<AdminState>, call: &mut Call, rest: &[&str]) -> Result<R
         },
         ["release"] => {
             only(&m, &Method::POST, "POST")?;
-            release(state, call)
+            release(state, call).await
         }
         ["inflight"] => {
             only(&m, &Method::GET, "GET")?;
             Ok(ok(inflight(state)))
+        }
+        ["fleet"] => {
+            only(&m, &Method::GET, "GET")?;
+            let f = fleet_of(state)?;
+            Ok(ok(json!(crate::fleet::nodes::view(f))))
+        }
+        ["fleet", "push"] => {
+            only(&m, &Method::POST, "POST")?;
+            push(state, call).await
         }
         ["stats"] => {
             only(&m, &Method::GET, "GET")?;
@@ -502,13 +532,44 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     })
 }
 
-/// Runs a ledger call off the control runtime's thread.
+fn fleet_of(state: &AdminState) -> Result<&Arc<crate::fleet::Fleet>, ApiError> {
+    state.fleet.as_ref().ok_or_else(|| {
+        ApiError::NotFound("/v1/fleet: this proxy is not part of a fleet (serve --etcd)".into())
+    })
+}
+
+/// The `wait_fleet=TIMEOUT` of a changing call, in fleet mode (a single proxy serves its
+/// change when it answers: nothing to wait for).
+type Wait = Option<(Arc<crate::fleet::Fleet>, Duration)>;
+
+fn wait_of(state: &AdminState, call: &Call) -> Result<Wait, ApiError> {
+    let Some(w) = call.query.get("wait_fleet") else {
+        return Ok(None);
+    };
+    let d = crate::fleet::parse_wait(w).map_err(ApiError::BadRequest)?;
+    Ok(state.fleet.clone().map(|f| (f, d)))
+}
+
+/// Waits until every live node serves `version`, when asked.
+async fn wait_version(wait: &Wait, version: u64) -> Result<(), ApiError> {
+    if let Some((f, d)) = wait {
+        f.wait_version(version, *d)
+            .await
+            .map_err(|e| ApiError::NotConfirmed(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Runs a ledger call off the control runtime's thread; with `wait`, answers once every live
+/// node of the fleet serves the version.
 async fn blocking(
+    wait: Wait,
     f: impl FnOnce() -> Result<Committed, ChangeError> + Send + 'static,
 ) -> Result<Resp, ApiError> {
     let c = tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("change task: {e}")))??;
+    wait_version(&wait, c.record.version).await?;
     let mut r = ok(c.to_json());
     if let Ok(v) = http::HeaderValue::from_str(&format!("\"{}\"", c.record.version)) {
         r.headers_mut().insert(http::header::ETAG, v);
@@ -525,7 +586,7 @@ fn get_table(state: &AdminState, call: &Call) -> Result<Resp, ApiError> {
     }
     let ledger = &state.ledger;
     let files = ledger.files_state();
-    let rec = ledger.history().get(live.version)?;
+    let rec = ledger.record(live.version)?;
     let source = rec.as_ref().map(|r| {
         json!({
             "source": r.source,
@@ -638,7 +699,10 @@ async fn put_table(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, Api
     })?;
     let ledger = state.ledger.clone();
     let change = Change::new(&actor, reason, Action::Put).if_match(if_match);
-    blocking(move || ledger.put_table(change, table)).await
+    blocking(wait_of(state, call)?, move || {
+        ledger.put_table(change, table)
+    })
+    .await
 }
 
 fn parse_patch(obj: &serde_json::Map<String, Value>) -> Result<RoutePatch, ApiError> {
@@ -677,7 +741,10 @@ async fn patch_route(state: &Arc<AdminState>, call: &mut Call, id: &str) -> Resu
     let patch = parse_patch(&obj)?;
     let (ledger, id) = (state.ledger.clone(), id.to_string());
     let change = Change::new(&actor, reason, Action::Patch).if_match(if_match);
-    blocking(move || ledger.patch(change, &id, &patch)).await
+    blocking(wait_of(state, call)?, move || {
+        ledger.patch(change, &id, &patch)
+    })
+    .await
 }
 
 async fn rollback(state: &Arc<AdminState>, call: &mut Call, id: &str) -> Result<Resp, ApiError> {
@@ -688,7 +755,7 @@ async fn rollback(state: &Arc<AdminState>, call: &mut Call, id: &str) -> Result<
     let reason = string_field(&obj, "reason", true)?;
     let (ledger, id) = (state.ledger.clone(), id.to_string());
     let change = Change::new(&actor, reason, Action::Rollback).if_match(if_match);
-    blocking(move || ledger.rollback(change, &id)).await
+    blocking(wait_of(state, call)?, move || ledger.rollback(change, &id)).await
 }
 
 async fn revert(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiError> {
@@ -703,7 +770,7 @@ async fn revert(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiErr
         .ok_or_else(|| ApiError::BadRequest("\"to\" must be a version number".into()))?;
     let ledger = state.ledger.clone();
     let change = Change::new(&actor, reason, Action::Revert).if_match(if_match);
-    blocking(move || ledger.revert(change, to)).await
+    blocking(wait_of(state, call)?, move || ledger.revert(change, to)).await
 }
 
 async fn adopt(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiError> {
@@ -712,7 +779,28 @@ async fn adopt(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiErro
     take_keys(&obj, &["reason"])?;
     let reason = string_field(&obj, "reason", false)?;
     let ledger = state.ledger.clone();
-    blocking(move || ledger.adopt(&actor, reason)).await
+    blocking(wait_of(state, call)?, move || ledger.adopt(&actor, reason)).await
+}
+
+/// `POST /v1/fleet/push`: route files read by `switchyard fleet push`, loaded like this node's
+/// own files. Answers the change, or `null` when the files are as last loaded.
+async fn push(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiError> {
+    fleet_of(state)?;
+    let actor = actor(state, call)?;
+    let obj = read_json(call).await?;
+    let req: super::types::PushRequest = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| ApiError::BadRequest(format!("push: {e}")))?;
+    let wait = wait_of(state, call)?;
+    let ledger = state.ledger.clone();
+    let loaded =
+        tokio::task::spawn_blocking(move || ledger.push_files(&actor, req.doc.to_doc(), req.force))
+            .await
+            .map_err(|e| ApiError::Internal(format!("change task: {e}")))??;
+    let answer = loaded.result();
+    if let Some(c) = &answer {
+        wait_version(&wait, c.version).await?;
+    }
+    Ok(ok(json!(answer)))
 }
 
 fn record_summary(r: &super::history::Record) -> Value {
@@ -861,13 +949,37 @@ async fn hold(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiError
         )));
     }
     let set: BTreeSet<String> = req.routes.iter().cloned().collect();
-    HOLDS.hold(
-        set.clone(),
-        Duration::from_millis(req.max_ms),
-        req.on_expiry,
-        max_queued,
-        max_queued_bytes,
-    );
+    let mut fleet_confirmed = None;
+    if let Some(f) = &state.fleet {
+        // A fleet hold is in force only once every live node applied it: answer only then
+        // (a caller such as the database cutover fences only after this answer).
+        let wait = wait_of(state, call)?
+            .map(|w| w.1)
+            .unwrap_or(crate::fleet::DEFAULT_WAIT);
+        let h = crate::fleet::hold::FleetHold {
+            active: true,
+            routes: set.clone(),
+            until_ms: crate::fleet::now_ms() + req.max_ms,
+            on_expiry: req.on_expiry,
+            max_queued,
+            max_queued_bytes,
+            actor: actor.clone(),
+        };
+        let rev = f.put_hold(&h).await.map_err(fleet_err)?;
+        let nodes = f
+            .wait_hold(rev, wait)
+            .await
+            .map_err(|e| ApiError::NotConfirmed(e.to_string()))?;
+        fleet_confirmed = Some(nodes);
+    } else {
+        HOLDS.hold(
+            set.clone(),
+            Duration::from_millis(req.max_ms),
+            req.on_expiry,
+            max_queued,
+            max_queued_bytes,
+        );
+    }
     series::note_hold(&actor, &set, req.max_ms, req.reason.as_deref());
     tracing::warn!(actor = %actor, routes = ?set, max_ms = req.max_ms, on_expiry = ?req.on_expiry, max_queued, max_queued_bytes, reason = req.reason.as_deref().unwrap_or(""), "holding requests");
     let view = hold_view().unwrap_or_default();
@@ -876,13 +988,40 @@ async fn hold(state: &Arc<AdminState>, call: &mut Call) -> Result<Resp, ApiError
         max_ms: req.max_ms,
         actor,
         hold: view,
+        fleet_confirmed,
     })))
 }
 
-fn release(state: &AdminState, call: &Call) -> Result<Resp, ApiError> {
+fn fleet_err(e: crate::fleet::FleetError) -> ApiError {
+    if e.unreachable() {
+        ApiError::Unavailable(e.to_string())
+    } else {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+async fn release(state: &AdminState, call: &Call) -> Result<Resp, ApiError> {
     let actor = actor(state, call)?;
     let was = HOLDS.current().map(|h| h.routes).unwrap_or_default();
-    HOLDS.release();
+    if let Some(f) = &state.fleet {
+        let h = crate::fleet::hold::FleetHold {
+            active: false,
+            routes: Default::default(),
+            until_ms: 0,
+            on_expiry: Default::default(),
+            max_queued: 0,
+            max_queued_bytes: 0,
+            actor: actor.clone(),
+        };
+        let rev = f.put_hold(&h).await.map_err(fleet_err)?;
+        if let Some((f, d)) = wait_of(state, call)? {
+            f.wait_hold(rev, d)
+                .await
+                .map_err(|e| ApiError::NotConfirmed(e.to_string()))?;
+        }
+    } else {
+        HOLDS.release();
+    }
     series::note_release(&actor, &was);
     tracing::warn!(actor = %actor, routes = ?was, "hold released");
     Ok(ok(json!(ReleaseResult {

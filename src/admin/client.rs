@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::auth::TOKEN_ENV;
 use super::types::{
-    ChangeResult, ErrorBody, HoldRequest, HoldResult, InflightView, ReleaseResult, RoutePatchBody,
-    TableView,
+    ChangeResult, ErrorBody, FleetView, HoldRequest, HoldResult, InflightView, ReleaseResult,
+    RoutePatchBody, TableView,
 };
 
 /// Request header naming the program acting for the token holder (`plan:NAME`,
@@ -66,6 +66,8 @@ pub struct AdminClient {
     actor: Option<String>,
     timeout: Duration,
     http: HttpClient,
+    /// `wait_fleet=` added to every changing call (fleet mode; `--wait-fleet`).
+    wait_fleet: Option<String>,
 }
 
 impl std::fmt::Debug for AdminClient {
@@ -101,6 +103,7 @@ impl AdminClient {
             actor: None,
             timeout: DEFAULT_TIMEOUT,
             http,
+            wait_fleet: None,
         })
     }
 
@@ -122,6 +125,18 @@ impl AdminClient {
         self
     }
 
+    /// The same client asking every changing call to answer only once every live node of the
+    /// fleet serves the change (`wait_fleet=TIMEOUT`, e.g. `30s`); the per-call timeout grows
+    /// to cover the wait.
+    pub fn with_wait_fleet(mut self, wait: Option<String>) -> Result<AdminClient, ClientError> {
+        if let Some(w) = &wait {
+            let d = crate::fleet::parse_wait(w).map_err(ClientError::Usage)?;
+            self.timeout = self.timeout.max(d + Duration::from_secs(10));
+        }
+        self.wait_fleet = wait;
+        Ok(self)
+    }
+
     /// The base URL, without a trailing slash.
     pub fn base(&self) -> &str {
         &self.base
@@ -136,7 +151,13 @@ impl AdminClient {
         body: Option<Bytes>,
         if_match: Option<u64>,
     ) -> Result<(u16, String), ClientError> {
-        let url = format!("{}{}", self.base, path);
+        let url = match (&self.wait_fleet, method == Method::GET) {
+            (Some(w), false) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{}{}{sep}wait_fleet={w}", self.base, path)
+            }
+            _ => format!("{}{}", self.base, path),
+        };
         let mut attempt = 0;
         loop {
             let mut b = http::Request::builder().method(method.clone()).uri(&url);
@@ -280,6 +301,11 @@ impl AdminClient {
     /// `GET /v1/inflight`.
     pub async fn inflight(&self) -> Result<InflightView, ClientError> {
         self.get("/v1/inflight").await
+    }
+
+    /// `GET /v1/fleet`: every node's version (fleet mode).
+    pub async fn fleet(&self) -> Result<FleetView, ClientError> {
+        self.get("/v1/fleet").await
     }
 
     /// `GET /metrics`, the Prometheus text.

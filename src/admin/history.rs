@@ -42,6 +42,16 @@ pub enum HistoryError {
     },
     #[error("encoding history record: {0}")]
     Encode(serde_json::Error),
+    /// A shared store (etcd) already holds a newer version than the one being committed:
+    /// another node changed the table first. The ledger catches up and retries.
+    #[error("the shared table moved on to version {head} (another node changed it first)")]
+    Moved { head: u64 },
+    /// The shared store cannot be reached; nothing was changed.
+    #[error("the fleet's store (etcd) is unreachable: {0}")]
+    Unavailable(String),
+    /// The shared store answered with an error.
+    #[error("the fleet's store (etcd): {0}")]
+    Backend(String),
 }
 
 fn db_err(e: impl Into<redb::Error>) -> HistoryError {
@@ -238,7 +248,8 @@ impl History {
         self.path.as_deref()
     }
 
-    /// Writes `rec` and `files` in one durable transaction.
+    /// Writes `rec` and `files` in one durable transaction. Called under the ledger's publish
+    /// lock, so `rec.version` is always the next one.
     pub fn commit(&self, rec: &Record, files: &FilesState) -> Result<(), HistoryError> {
         let rec_json = serde_json::to_vec(rec).map_err(HistoryError::Encode)?;
         let files_json = serde_json::to_vec(files).map_err(HistoryError::Encode)?;

@@ -9,6 +9,11 @@
 //! (`switchyard adopt`), makes the files agree with the live table, or reverts the API change.
 //! Re-reading files that did not change since their last load never undoes an API change.
 //! `serve --force-files` lets files always win.
+//!
+//! The versions live in a [`VersionStore`]: redb for one proxy, etcd for a fleet. With a shared
+//! store a change may find that another proxy committed first ([`HistoryError::Moved`]): the
+//! ledger then applies the store's newest version and runs the change again, so `If-Match` is
+//! exact across the fleet. Versions committed elsewhere arrive through [`Ledger::apply`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::history::{now_rfc3339, Action, FilesState, History, HistoryError, Record, StoredDoc};
+use super::history::{now_rfc3339, Action, FilesState, HistoryError, Record, StoredDoc};
+use super::store::VersionStore;
 use super::summary;
 use crate::config::{OneOrMany, RouteFile, TableDoc, TableFile};
 use crate::metrics::METRICS;
@@ -160,6 +166,16 @@ pub enum Loaded {
     Unchanged,
 }
 
+impl Loaded {
+    /// The API's answer: the change, or `None` (JSON `null`) when nothing was published.
+    pub fn result(&self) -> Option<super::types::ChangeResult> {
+        match self {
+            Loaded::Published(c) => Some(c.result()),
+            Loaded::Unchanged => None,
+        }
+    }
+}
+
 /// How files are being loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileLoad {
@@ -186,14 +202,47 @@ pub struct RoutePatch {
     pub fallback: Option<Option<OneOrMany>>,
 }
 
+/// A version this proxy could not serve (it does not compile here, e.g. a missing `ca_file`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Rejected {
+    /// The version refused.
+    pub version: u64,
+    /// Why, one line (the compile errors joined).
+    pub error: String,
+}
+
+/// What this proxy serves now; sent on [`Ledger::applied`] after every change, applied
+/// version or refusal.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// The version served.
+    pub version: u64,
+    /// Its history record and the files-vs-API state committed with it (None before the first
+    /// version).
+    pub head: Option<Arc<(Record, FilesState)>>,
+    /// The newest version refused since the last one applied.
+    pub rejected: Option<Rejected>,
+}
+
+/// How many times a change runs again after finding the shared store ahead of it.
+const CATCH_UP_TRIES: usize = 5;
+
 /// The live table, the history, and the files-vs-API state.
 pub struct Ledger {
     store: Arc<TableStore>,
-    history: History,
+    history: Box<dyn VersionStore>,
     files: Mutex<FilesState>,
     routes_path: PathBuf,
     force_files: bool,
     conflict: Mutex<Option<Conflict>>,
+    /// Fleet mode: relative paths (`ca_file`) resolve against this proxy's routes directory,
+    /// whichever proxy made the change.
+    local_paths: bool,
+    applied: tokio::sync::watch::Sender<Applied>,
+    /// Fleet mode: this proxy's route files as last read here (at start or on a change), so
+    /// that a change seen in its routes directory that leaves them as they were (an editor's
+    /// temporary file) makes no fleet version, whatever files the fleet last loaded.
+    local_files: Mutex<Option<StoredDoc>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -297,17 +346,44 @@ pub fn patch_route(r: &mut RouteFile, p: &RoutePatch) -> Result<(), ChangeError>
 }
 
 impl Ledger {
+    fn new(
+        history: Box<dyn VersionStore>,
+        routes_path: PathBuf,
+        force_files: bool,
+        initial: RouteTable,
+        files: FilesState,
+        local_paths: bool,
+    ) -> Ledger {
+        METRICS.table_version.set(initial.version as i64);
+        Ledger {
+            applied: tokio::sync::watch::channel(Applied {
+                version: initial.version,
+                ..Applied::default()
+            })
+            .0,
+            store: Arc::new(TableStore::new(initial)),
+            history,
+            files: Mutex::new(files),
+            routes_path,
+            force_files,
+            conflict: Mutex::new(None),
+            local_paths,
+            local_files: Mutex::new(None),
+        }
+    }
+
     /// Opens the ledger: resumes the newest version in `history` (compiling its stored
     /// document, keeping its version number), then loads the route files under the
     /// files-vs-API rule. Without a history the files must compile; with one, a broken or
     /// conflicting file set is reported and the resumed table keeps serving.
     pub fn start(
-        history: History,
+        history: impl VersionStore + 'static,
         routes_path: PathBuf,
         force_files: bool,
     ) -> Result<Ledger, ChangeError> {
-        let files = history.files_state()?;
-        let last = history.last()?;
+        let head = history.head()?;
+        let files = head.as_ref().map(|h| h.1.clone()).unwrap_or_default();
+        let last = head.map(|h| h.0);
         let mut initial = RouteTable::empty();
         let mut resumed = false;
         if let Some(rec) = &last {
@@ -329,15 +405,14 @@ impl Ledger {
             }
             initial.version = rec.version;
         }
-        METRICS.table_version.set(initial.version as i64);
-        let ledger = Ledger {
-            store: Arc::new(TableStore::new(initial)),
-            history,
-            files: Mutex::new(files),
+        let ledger = Ledger::new(
+            Box::new(history),
             routes_path,
             force_files,
-            conflict: Mutex::new(None),
-        };
+            initial,
+            files,
+            false,
+        );
         if resumed {
             match ledger.load_files(FileLoad::Start) {
                 Ok(_) | Err(ChangeError::Conflict(_)) | Err(ChangeError::Invalid(_)) => {}
@@ -350,14 +425,197 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Opens the ledger of a fleet proxy on a shared store: serves the store's newest version;
+    /// an empty store is seeded with the route files as version 1 (unless another proxy seeds
+    /// it first). Route files are not loaded at start otherwise: the fleet's table wins, and a
+    /// later change of the files is a change like any other. When the store cannot be reached
+    /// (or its newest version does not compile here), `last_known` (this proxy's copy on disk)
+    /// is served; without it, the start fails.
+    pub fn start_shared(
+        history: Box<dyn VersionStore>,
+        routes_path: PathBuf,
+        force_files: bool,
+        last_known: Option<(Record, FilesState)>,
+    ) -> Result<Ledger, ChangeError> {
+        let ledger = Ledger::new(
+            history,
+            routes_path,
+            force_files,
+            RouteTable::empty(),
+            FilesState::default(),
+            true,
+        );
+        *ledger.local_files.lock() = ledger.read_files().ok().map(|d| StoredDoc::from(&d));
+        let head = ledger.history.head();
+        let served = match head {
+            Ok(Some((rec, files))) => {
+                let v = rec.version;
+                match ledger.apply(rec, files) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!(version = v, error = %e, "the fleet's version does not compile on this node");
+                        false
+                    }
+                }
+            }
+            Ok(None) => {
+                // If-Match 0: when another node seeds first, this one catches up instead.
+                let doc = ledger.read_files()?;
+                let change = Change::new(FILES_ACTOR, None, Action::Load).if_match(Some(0));
+                match ledger.commit(change, move |_, _| Ok(doc.clone())) {
+                    Ok(c) => {
+                        tracing::info!(
+                            version = c.table.version,
+                            "seeded the fleet with the route files"
+                        );
+                        true
+                    }
+                    Err(ChangeError::Stale { .. }) => ledger.store.version() > 0,
+                    // Seeded elsewhere with a table that does not compile here.
+                    Err(ChangeError::History(HistoryError::Moved { .. })) => false,
+                    Err(ChangeError::History(HistoryError::Unavailable(e))) => {
+                        tracing::error!(error = %e, "cannot seed the fleet; starting from the last known table");
+                        false
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the fleet's table; starting from the last known table");
+                false
+            }
+        };
+        if !served {
+            let Some((rec, files)) = last_known else {
+                return Err(ChangeError::BadRequest(
+                    "the fleet's table cannot be served (etcd unreachable or the version does not compile here) and there is no last known table in the --state directory".into(),
+                ));
+            };
+            tracing::warn!(
+                version = rec.version,
+                "serving the last known table from disk"
+            );
+            ledger.apply_local(rec, files)?;
+        }
+        Ok(ledger)
+    }
+
+    /// Makes a version committed in the shared store (by any proxy) live here, if newer than
+    /// the live one. `Ok(None)`: already live. A version that does not compile here is refused
+    /// (`Invalid`), the live table stays, and the refusal is reported on [`Ledger::applied`].
+    pub fn apply(
+        &self,
+        rec: Record,
+        files: FilesState,
+    ) -> Result<Option<Arc<RouteTable>>, ChangeError> {
+        let mut f = self.files.lock();
+        let doc = self.localize(rec.doc.to_doc());
+        let mut warnings = Vec::new();
+        let r = self.store.publish_newer(rec.version, |_| {
+            let c = compile(&doc).map_err(ChangeError::Invalid)?;
+            warnings = c.warnings;
+            Ok::<_, ChangeError>(c.table)
+        });
+        match r {
+            Ok(Some(table)) => {
+                *f = files.clone();
+                drop(f);
+                for w in &warnings {
+                    tracing::warn!(version = table.version, "{w}");
+                }
+                METRICS.table_version.set(table.version as i64);
+                tracing::info!(version = table.version, actor = %rec.actor, action = rec.action.as_str(), changes = %rec.changes.one_line(), "applied the fleet's version");
+                self.applied.send_replace(Applied {
+                    version: table.version,
+                    head: Some(Arc::new((rec, files))),
+                    rejected: None,
+                });
+                Ok(Some(table))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                drop(f);
+                let error = match &e {
+                    ChangeError::Invalid(d) => d
+                        .iter()
+                        .filter(|d| d.severity == crate::routing::Severity::Error)
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    e => e.to_string(),
+                };
+                let rejected = Rejected {
+                    version: rec.version,
+                    error,
+                };
+                self.applied.send_if_modified(|a| {
+                    if a.rejected.as_ref() == Some(&rejected) {
+                        return false;
+                    }
+                    tracing::error!(version = rejected.version, error = %rejected.error, "refused the fleet's version: it does not compile on this node; the running table stays");
+                    a.rejected = Some(rejected.clone());
+                    true
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Like [`Ledger::apply`], for this proxy's own last known table at start: a table that
+    /// does not compile is an error.
+    fn apply_local(&self, rec: Record, files: FilesState) -> Result<(), ChangeError> {
+        self.apply(rec, files).map(drop)
+    }
+
+    /// Applies the shared store's newest version (a no-op for a store of one proxy, whose
+    /// newest version is live). Fails only when the store cannot be read.
+    pub fn catch_up(&self) -> Result<(), ChangeError> {
+        if !self.history.shared() {
+            return Ok(());
+        }
+        if let Some((rec, files)) = self.history.head()? {
+            // A refusal is reported on `applied`; the change that asked then finds the
+            // store still ahead and fails with `Moved`.
+            let _ = self.apply(rec, files);
+        }
+        Ok(())
+    }
+
+    /// The history record of version `v`: from memory when it is the version applied last
+    /// (no I/O: in fleet mode this answers while etcd is unreachable), else from the store.
+    pub fn record(&self, v: u64) -> Result<Option<Record>, HistoryError> {
+        if let Some(h) = &self.applied.borrow().head {
+            if h.0.version == v {
+                return Ok(Some(h.0.clone()));
+            }
+        }
+        self.history.get(v)
+    }
+
+    /// What this proxy serves, updated after every applied or refused version.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    /// `doc` with relative paths resolving against this proxy's routes directory (fleet mode).
+    fn localize(&self, mut doc: TableDoc) -> TableDoc {
+        if self.local_paths {
+            let base = self.base_dir();
+            for dir in doc.origins.base_dirs.values_mut() {
+                *dir = base.clone();
+            }
+        }
+        doc
+    }
+
     /// The live table store (the proxy reads it).
     pub fn store(&self) -> &Arc<TableStore> {
         &self.store
     }
 
     /// The history.
-    pub fn history(&self) -> &History {
-        &self.history
+    pub fn history(&self) -> &dyn VersionStore {
+        &*self.history
     }
 
     /// The route files path.
@@ -383,11 +641,41 @@ impl Ledger {
     /// The one way to change the live table. `build` gets the live table and the files-vs-API
     /// state and returns the next document; it is compiled, recorded and published while the
     /// store's publish lock is held, so nothing else is published in between and `If-Match`
-    /// is exact. Any error publishes nothing.
+    /// is exact. Any error publishes nothing. With a shared store, a change that finds the
+    /// store ahead of the live table applies the store's version and runs again (`build`
+    /// then sees that version), at most [`CATCH_UP_TRIES`] times.
     pub fn commit(
         &self,
         change: Change,
-        build: impl FnOnce(&RouteTable, &FilesState) -> Result<TableDoc, ChangeError>,
+        build: impl Fn(&RouteTable, &FilesState) -> Result<TableDoc, ChangeError>,
+    ) -> Result<Committed, ChangeError> {
+        let mut tries = 0;
+        loop {
+            let before = self.store.version();
+            let r = self.commit_once(&change, &build);
+            let behind = match &r {
+                Err(ChangeError::History(HistoryError::Moved { .. })) => true,
+                Err(ChangeError::Stale { expected, live }) => {
+                    self.history.shared() && expected > live
+                }
+                _ => false,
+            };
+            if !behind || tries >= CATCH_UP_TRIES {
+                return r;
+            }
+            tries += 1;
+            self.catch_up()?;
+            if self.store.version() == before {
+                // Nothing newer could be applied here (refused, or the store is not ahead).
+                return r;
+            }
+        }
+    }
+
+    fn commit_once(
+        &self,
+        change: &Change,
+        build: &impl Fn(&RouteTable, &FilesState) -> Result<TableDoc, ChangeError>,
     ) -> Result<Committed, ChangeError> {
         let mut files = self.files.lock();
         let mut out = None;
@@ -401,7 +689,7 @@ impl Ledger {
                 }
             }
             let doc = build(live, &files)?;
-            let compiled = compile(&doc).map_err(ChangeError::Invalid)?;
+            let compiled = compile(&self.localize(doc.clone())).map_err(ChangeError::Invalid)?;
             let from_files = matches!(change.action, Action::Load | Action::Reload | Action::Adopt);
             let mut next_files = files.clone();
             if from_files {
@@ -441,6 +729,11 @@ impl Ledger {
             *self.conflict.lock() = None;
         }
         METRICS.table_version.set(table.version as i64);
+        self.applied.send_replace(Applied {
+            version: table.version,
+            head: Some(Arc::new((record.clone(), self.files_state()))),
+            rejected: None,
+        });
         tracing::info!(
             version = table.version,
             actor = %record.actor,
@@ -464,7 +757,11 @@ impl Ledger {
     pub fn put_table(&self, change: Change, table: TableFile) -> Result<Committed, ChangeError> {
         let base = self.base_dir();
         self.commit(change, move |_, _| {
-            Ok(TableDoc::single(API_SOURCE, table, Some(base)))
+            Ok(TableDoc::single(
+                API_SOURCE,
+                table.clone(),
+                Some(base.clone()),
+            ))
         })
     }
 
@@ -505,6 +802,17 @@ impl Ledger {
         self.load_files_forced(actor, reason, Action::Adopt)
     }
 
+    /// `switchyard fleet push`: a set of route files read elsewhere, loaded like this proxy's own
+    /// files (under the files-vs-API rule, or forced).
+    pub fn push_files(
+        &self,
+        actor: &str,
+        doc: TableDoc,
+        force: bool,
+    ) -> Result<Loaded, ChangeError> {
+        self.load_doc(Ok(doc), FileLoad::Signal, force || self.force_files, actor)
+    }
+
     fn read_files(&self) -> Result<TableDoc, ChangeError> {
         crate::config::load_path(&self.routes_path)
             .map_err(|errs| ChangeError::Invalid(errs.into_iter().map(Diagnostic::from).collect()))
@@ -516,9 +824,11 @@ impl Ledger {
         reason: Option<String>,
         action: Action,
     ) -> Result<Committed, ChangeError> {
-        let r = self
-            .read_files()
-            .and_then(|doc| self.commit(Change::new(actor, reason, action), move |_, _| Ok(doc)));
+        let r = self.read_files().and_then(|doc| {
+            self.commit(Change::new(actor, reason, action), move |_, _| {
+                Ok(doc.clone())
+            })
+        });
         match &r {
             Ok(_) => METRICS.reloads.with_label_values(&["ok"]).inc(),
             Err(e) => self.count_failure(e),
@@ -530,39 +840,58 @@ impl Ledger {
     /// Counts `switchyard_reloads_total{result}` (`ok`, `unchanged`, `conflict`, `error`) and
     /// logs every problem.
     pub fn load_files(&self, how: FileLoad) -> Result<Loaded, ChangeError> {
+        let doc = self.read_files();
+        if self.local_paths {
+            if let Ok(d) = &doc {
+                let stored = Some(StoredDoc::from(d));
+                let mut seen = self.local_files.lock();
+                if how == FileLoad::Changed && *seen == stored {
+                    METRICS.reloads.with_label_values(&["unchanged"]).inc();
+                    tracing::info!(path = %self.routes_path.display(), "route files unchanged since this node last read them; nothing to load into the fleet");
+                    return Ok(Loaded::Unchanged);
+                }
+                *seen = stored;
+            }
+        }
+        self.load_doc(doc, how, self.force_files, FILES_ACTOR)
+    }
+
+    fn load_doc(
+        &self,
+        doc: Result<TableDoc, ChangeError>,
+        how: FileLoad,
+        force: bool,
+        actor: &str,
+    ) -> Result<Loaded, ChangeError> {
         let path = self.routes_path.display().to_string();
-        let r = self.read_files().and_then(|doc| {
+        let r = doc.and_then(|doc| {
             let stored = StoredDoc::from(&doc);
-            let force = self.force_files;
             let action = match how {
                 FileLoad::Start => Action::Load,
                 FileLoad::Changed | FileLoad::Signal => Action::Reload,
             };
-            self.commit(
-                Change::new(FILES_ACTOR, None, action),
-                move |live, files| {
-                    let unchanged = files.doc.as_ref() == Some(&stored);
-                    if how != FileLoad::Signal && unchanged && live.version > 0 {
-                        return Err(ChangeError::FilesUnchanged);
+            self.commit(Change::new(actor, None, action), move |live, files| {
+                let unchanged = files.doc.as_ref() == Some(&stored);
+                if how != FileLoad::Signal && unchanged && live.version > 0 {
+                    return Err(ChangeError::FilesUnchanged);
+                }
+                if !force {
+                    let conflicts: Vec<String> = files
+                        .api_changed
+                        .iter()
+                        .filter(|s| summary::subject_differs(s, &live.doc.table, &doc.table))
+                        .cloned()
+                        .collect();
+                    if !conflicts.is_empty() {
+                        return Err(if unchanged {
+                            ChangeError::FilesUnchanged
+                        } else {
+                            ChangeError::Conflict(conflicts)
+                        });
                     }
-                    if !force {
-                        let conflicts: Vec<String> = files
-                            .api_changed
-                            .iter()
-                            .filter(|s| summary::subject_differs(s, &live.doc.table, &doc.table))
-                            .cloned()
-                            .collect();
-                        if !conflicts.is_empty() {
-                            return Err(if unchanged {
-                                ChangeError::FilesUnchanged
-                            } else {
-                                ChangeError::Conflict(conflicts)
-                            });
-                        }
-                    }
-                    Ok(doc)
-                },
-            )
+                }
+                Ok(doc.clone())
+            })
         });
         match r {
             Ok(c) => {
@@ -618,6 +947,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::History;
 
     const UPS: &str =
         "[upstreams.new]\naddrs = ['127.0.0.1:1']\n[upstreams.legacy]\naddrs = ['127.0.0.1:2']\n";
@@ -781,6 +1111,113 @@ mod tests {
         assert_eq!(c.table.version, 3);
         assert_eq!(c.record.reverted_to, Some(1));
         assert_eq!(route(&l, "users").split.as_ref().unwrap().len(), 2);
+    }
+
+    /// A store shared by several ledgers, as etcd is by the nodes of a fleet.
+    #[derive(Debug, Default)]
+    struct Shared(Mutex<Vec<(Record, FilesState)>>);
+
+    impl VersionStore for Arc<Shared> {
+        fn commit(&self, rec: &Record, files: &FilesState) -> Result<(), HistoryError> {
+            let mut v = self.0.lock();
+            let head = v.last().map_or(0, |h| h.0.version);
+            if head + 1 != rec.version {
+                return Err(HistoryError::Moved { head });
+            }
+            v.push((rec.clone(), files.clone()));
+            Ok(())
+        }
+        fn get(&self, n: u64) -> Result<Option<Record>, HistoryError> {
+            Ok(self
+                .0
+                .lock()
+                .iter()
+                .find(|h| h.0.version == n)
+                .map(|h| h.0.clone()))
+        }
+        fn list(&self, limit: usize, _: Option<u64>) -> Result<Vec<Record>, HistoryError> {
+            Ok(self
+                .0
+                .lock()
+                .iter()
+                .rev()
+                .take(limit)
+                .map(|h| h.0.clone())
+                .collect())
+        }
+        fn head(&self) -> Result<Option<(Record, FilesState)>, HistoryError> {
+            Ok(self.0.lock().last().cloned())
+        }
+        fn len(&self) -> Result<u64, HistoryError> {
+            Ok(self.0.lock().len() as u64)
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_shared_store_keeps_if_match_exact_across_ledgers() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &files(SPLIT, "to = 'new'"));
+        let store = Arc::new(Shared::default());
+        let a =
+            Ledger::start_shared(Box::new(store.clone()), dir.path().into(), false, None).unwrap();
+        // B starts on the seeded store: the fleet's version 1, not a second seed.
+        let b =
+            Ledger::start_shared(Box::new(store.clone()), dir.path().into(), false, None).unwrap();
+        assert_eq!((a.store().version(), b.store().version()), (1, 1));
+        assert_eq!(store.len().unwrap(), 1);
+
+        a.rollback(change(Action::Rollback), "users").unwrap();
+        // B has not seen version 2: If-Match 1 passes locally, the store refuses it, B catches
+        // up and answers Stale, changing nothing.
+        let p = RoutePatch {
+            to: Some("new".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            b.patch(change(Action::Patch).if_match(Some(1)), "orders", &p),
+            Err(ChangeError::Stale {
+                expected: 1,
+                live: 2
+            })
+        ));
+        assert_eq!(b.store().version(), 2);
+        assert_eq!(route(&b, "users").to.as_deref(), Some("legacy"));
+        // A moves on again; B's If-Match 2 is stale, its If-Match 3 (ahead of B's table) is
+        // right: B catches up first, then makes the change.
+        let p2 = RoutePatch {
+            to: Some("legacy".into()),
+            ..Default::default()
+        };
+        a.patch(change(Action::Patch), "orders", &p2).unwrap();
+        let c = b
+            .patch(change(Action::Patch).if_match(Some(2)), "orders", &p)
+            .unwrap_err();
+        assert!(matches!(c, ChangeError::Stale { .. }), "{c:?}");
+        let v = store.len().unwrap();
+        assert_eq!(v, 3);
+        let c = b
+            .patch(change(Action::Patch).if_match(Some(v)), "orders", &p)
+            .unwrap();
+        assert_eq!(c.table.version, v + 1);
+        // Without If-Match, A (behind) builds on B's version: nothing of B's change is lost,
+        // and the files-vs-API state travels with the versions.
+        let c = a.patch(change(Action::Patch), "users", &p).unwrap();
+        assert_eq!(c.table.version, v + 2);
+        assert_eq!(route(&a, "orders").to.as_deref(), Some("new"));
+        assert!(a.files_state().api_changed.contains("route:orders"));
+        // A version that does not compile on B is refused there and reported.
+        let mut bad = store.head().unwrap().unwrap();
+        bad.0.version += 1;
+        bad.0.doc.table.routes[0].to = Some("missing".into());
+        assert!(b.apply(bad.0, bad.1).is_err());
+        assert_eq!(b.store().version(), v + 1);
+        assert_eq!(
+            b.applied().borrow().rejected.as_ref().map(|r| r.version),
+            Some(v + 3)
+        );
     }
 
     #[test]

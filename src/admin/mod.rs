@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod plans;
 pub mod server;
 pub mod shadow;
+pub mod store;
 pub mod summary;
 pub mod types;
 

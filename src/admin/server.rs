@@ -28,6 +28,8 @@ pub struct AdminState {
     pub tokens: Tokens,
     /// Read-only calls need no token (true when the listener is on loopback).
     pub open_reads: bool,
+    /// Fleet mode (`serve --etcd`): this node of the fleet.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl AdminState {
@@ -39,7 +41,14 @@ impl AdminState {
             ledger,
             tokens,
             open_reads,
+            fleet: None,
         }
+    }
+
+    /// The same state as a node of `fleet`.
+    pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Fleet>>) -> AdminState {
+        self.fleet = fleet;
+        self
     }
 }
 

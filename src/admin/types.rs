@@ -104,6 +104,10 @@ pub struct HoldResult {
     pub actor: String,
     /// The hold as it is now in force.
     pub hold: HoldView,
+    /// Fleet mode: the nodes that confirmed the hold (the answer comes only once every live
+    /// node has). Absent for a single proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_confirmed: Option<Vec<String>>,
 }
 
 /// The answer to `POST /v1/release`.
@@ -303,4 +307,61 @@ pub struct RouteShadowView {
     /// The most recent mismatches and failed copies, newest first (at most 20).
     #[serde(default)]
     pub recent: Vec<ShadowMismatch>,
+}
+
+/// A version a node refused, in `GET /v1/fleet`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedView {
+    /// The version that does not compile on that node.
+    pub version: u64,
+    /// Why (its compile errors, joined).
+    pub error: String,
+}
+
+/// One node in `GET /v1/fleet`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetNode {
+    /// Its `--node-id`.
+    pub node: String,
+    /// The version it serves.
+    pub version: u64,
+    /// True while its confirmations are fresh (within the lease TTL). A node whose lease
+    /// expired is not listed at all.
+    pub live: bool,
+    /// Milliseconds since its last confirmation.
+    pub last_seen_ms: u64,
+    /// The newest version it refused since the one it serves, if any.
+    pub rejected: Option<RejectedView>,
+    /// etcd revision of the last hold or release it applied (0: none).
+    #[serde(default)]
+    pub hold_revision: u64,
+}
+
+/// The answer to `GET /v1/fleet`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetView {
+    /// The fleet's newest committed version.
+    pub version: u64,
+    /// True when every live node serves `version`.
+    pub converged: bool,
+    /// The node that answered.
+    #[serde(default)]
+    pub node: String,
+    /// `up`, or `unreachable` while the answering node cannot reach etcd (it then serves its
+    /// last table and refuses changes).
+    #[serde(default)]
+    pub etcd: String,
+    /// Every node holding a lease, by name.
+    pub nodes: Vec<FleetNode>,
+}
+
+/// `POST /v1/fleet/push`: route files read by `switchyard fleet push DIR`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// The merged files, with the origin of every entry.
+    pub doc: super::history::StoredDoc,
+    /// Let the files undo API changes (like `serve --force-files` once).
+    #[serde(default)]
+    pub force: bool,
 }

@@ -32,6 +32,10 @@ pub struct Conn {
     /// Print the server's JSON instead of a table (for scripts).
     #[arg(long)]
     pub json: bool,
+    /// Fleet mode: a change answers only once every live node serves it (default 30s; e.g.
+    /// `--wait-fleet=5s`), and fails naming the nodes that did not. Ignored by reads.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "30s", value_name = "TIMEOUT")]
+    pub wait_fleet: Option<String>,
 }
 
 /// The commands that talk to a running switchyard.
@@ -163,20 +167,26 @@ pub enum AdminCommand {
         /// Only this route.
         route: Option<String>,
     },
+    /// A fleet on etcd: every node's version (`fleet status`), or route files pushed to every
+    /// node (`fleet push DIR`).
+    Fleet {
+        #[command(subcommand)]
+        cmd: super::fleet::FleetCommand,
+    },
 }
 
 pub use crate::admin::client::ClientError as CliError;
 
 /// A blocking connection to the admin API: the crate's one client on a runtime of its own.
-struct Api {
+pub(super) struct Api {
     base: String,
-    client: AdminClient,
+    pub(super) client: AdminClient,
     rt: tokio::runtime::Runtime,
 }
 
 impl Api {
     fn new(conn: &Conn) -> Result<Api, CliError> {
-        let client = AdminClient::new(&conn.admin)?;
+        let client = AdminClient::new(&conn.admin)?.with_wait_fleet(conn.wait_fleet.clone())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -218,7 +228,7 @@ impl Api {
     }
 
     /// Runs a typed call of the client.
-    fn typed<T>(
+    pub(super) fn typed<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, CliError>>,
     ) -> Result<T, CliError> {
@@ -279,6 +289,7 @@ fn conn_of(cmd: &AdminCommand) -> &Conn {
         | AdminCommand::Inflight { conn }
         | AdminCommand::Traffic { conn, .. } => conn,
         AdminCommand::Shadow { conn, .. } => conn,
+        AdminCommand::Fleet { cmd } => cmd.conn(),
     }
 }
 
@@ -460,6 +471,7 @@ fn execute(cmd: &AdminCommand) -> Result<String, CliError> {
                 show_traffic(&t)
             })
         }
+        AdminCommand::Fleet { cmd } => super::fleet::execute(cmd, &api),
         AdminCommand::Shadow { route, .. } => {
             let path = match route {
                 Some(r) => format!("/v1/shadow/{r}"),
@@ -666,7 +678,7 @@ fn show_table(v: &Value) -> String {
     out
 }
 
-fn show_change(c: &ChangeResult) -> String {
+pub(super) fn show_change(c: &ChangeResult) -> String {
     let mut out = format!("version {} ({} by {})\n", c.version, c.action, c.actor);
     out.push_str(&diff_lines(&c.changes));
     for w in &c.warnings {

@@ -2,6 +2,7 @@
 //! operator commands).
 
 pub mod admin;
+pub mod fleet;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

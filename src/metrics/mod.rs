@@ -54,6 +54,22 @@ pub struct Metrics {
     /// `switchyard_upstream_attempt_duration_seconds{route,upstream}`: from choosing the
     /// upstream to its response head (or the attempt's failure).
     pub attempt_duration: HistogramVec,
+    /// `switchyard_fleet_nodes`: live nodes of the fleet as this node sees them (fleet mode).
+    pub fleet_nodes: IntGauge,
+    /// `switchyard_fleet_converged`: 1 when every live node serves the fleet's newest version.
+    pub fleet_converged: IntGauge,
+    /// `switchyard_fleet_version_lag{node}`: versions a live node is behind the fleet's newest.
+    pub fleet_version_lag: IntGaugeVec,
+    /// `switchyard_fleet_etcd_up`: 1 while this node reaches etcd; 0 while it serves its last
+    /// table without it (changes are then refused).
+    pub fleet_etcd_up: IntGauge,
+    /// `switchyard_fleet_propagation_seconds`: from a version's commit in etcd (its recorded
+    /// time) to this node serving it, for versions committed by other nodes.
+    pub fleet_propagation: Histogram,
+    /// `switchyard_fleet_resyncs_total{reason}`: full re-reads of the fleet's state after the
+    /// watch stopped; `reason` is `cancelled` (by etcd, e.g. its revision was compacted),
+    /// `ended` or `error` (etcd unreachable, or an error answer).
+    pub fleet_resyncs: IntCounterVec,
 }
 
 /// `result` label values of `switchyard_shadow_total`, indexed by `proxy::shadow::Outcome`.
@@ -233,8 +249,55 @@ impl Metrics {
             &["route", "side"],
         )
         .expect("static metric definition");
+        let fleet_nodes = IntGauge::new(
+            "switchyard_fleet_nodes",
+            "Live nodes of the fleet (fleet mode).",
+        )
+        .expect("static metric definition");
+        let fleet_converged = IntGauge::new(
+            "switchyard_fleet_converged",
+            "1 when every live node serves the fleet's newest version.",
+        )
+        .expect("static metric definition");
+        let fleet_version_lag = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_fleet_version_lag",
+                "Versions a live node is behind the fleet's newest.",
+            ),
+            &["node"],
+        )
+        .expect("static metric definition");
+        let fleet_etcd_up = IntGauge::new(
+            "switchyard_fleet_etcd_up",
+            "1 while this node reaches etcd (fleet mode).",
+        )
+        .expect("static metric definition");
+        let fleet_propagation = Histogram::with_opts(
+            HistogramOpts::new(
+                "switchyard_fleet_propagation_seconds",
+                "From a version's commit in etcd to this node serving it.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )
+        .expect("static metric definition");
+        let fleet_resyncs = IntCounterVec::new(
+            Opts::new(
+                "switchyard_fleet_resyncs_total",
+                "Full re-reads of the fleet's state after the watch stopped, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         for c in [
-            Box::new(shadow.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fleet_nodes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fleet_resyncs.clone()),
+            Box::new(fleet_converged.clone()),
+            Box::new(fleet_version_lag.clone()),
+            Box::new(fleet_etcd_up.clone()),
+            Box::new(fleet_propagation.clone()),
+            Box::new(shadow.clone()),
             Box::new(shadow_duration.clone()),
             Box::new(rejected.clone()),
             Box::new(requests.clone()),
@@ -269,6 +332,12 @@ impl Metrics {
             shadow_duration,
             attempts,
             attempt_duration,
+            fleet_nodes,
+            fleet_converged,
+            fleet_version_lag,
+            fleet_etcd_up,
+            fleet_propagation,
+            fleet_resyncs,
         }
     }
 

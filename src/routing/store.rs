@@ -56,6 +56,26 @@ impl TableStore {
         self.current.store(next.clone());
         Ok(next)
     }
+
+    /// Makes the table `build` returns live as `version`, if that is newer than the live one
+    /// (a version another proxy of a fleet committed). `Ok(None)`: the live table is already
+    /// at or past `version`, nothing built. An `Err` publishes nothing.
+    pub fn publish_newer<E>(
+        &self,
+        version: u64,
+        build: impl FnOnce(&Arc<RouteTable>) -> Result<RouteTable, E>,
+    ) -> Result<Option<Arc<RouteTable>>, E> {
+        let _guard = self.publish.lock();
+        let live = self.current.load_full();
+        if live.version >= version {
+            return Ok(None);
+        }
+        let mut next = build(&live)?;
+        next.version = version;
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        Ok(Some(next))
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +92,16 @@ mod tests {
         let r: Result<_, &str> = s.publish_if(|_, _| Err("no"));
         assert!(r.is_err());
         assert_eq!(s.version(), 2);
+        assert_eq!(
+            s.publish_newer(7, |_| Ok::<_, ()>(RouteTable::empty()))
+                .unwrap()
+                .map(|t| t.version),
+            Some(7)
+        );
+        assert!(s
+            .publish_newer(5, |_| Ok::<_, ()>(RouteTable::empty()))
+            .unwrap()
+            .is_none());
+        assert_eq!(s.version(), 7);
     }
 }

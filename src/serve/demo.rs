@@ -67,5 +67,6 @@ pub fn run() -> anyhow::Result<()> {
         admin_token_file: None,
         force_files: false,
         limits: super::LimitArgs::default(),
+        fleet: Default::default(),
     })
 }

@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Request limits and slow-client defences (README "Request limits and slow clients").
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Fleet mode: the table and its history in etcd, shared by every node (`--etcd`).
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetArgs,
 }
 
 /// Request limits of `switchyard serve`; defaults close to nginx's (see [`Limits`]).
@@ -177,11 +180,42 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "no admin token: the admin API is read-only (set {TOKEN_ENV} or --admin-token-file)"
         );
     }
-    let history = match &args.state {
-        Some(dir) => History::open(dir).context("opening the state directory")?,
-        None => History::in_memory().context("creating the in-memory history")?,
+    // Fleet mode: etcd calls run on a runtime of their own, which lives as long as the process.
+    let fleet_rt = if args.fleet.etcd.is_empty() {
+        None
+    } else {
+        Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("fleet")
+                .enable_all()
+                .build()
+                .context("starting the fleet runtime")?,
+        )
     };
-    let ledger = match Ledger::start(history, args.routes.clone(), args.force_files) {
+    let fleet = match &fleet_rt {
+        Some(rt) => Some(Arc::new(
+            crate::fleet::Fleet::new(&args.fleet, args.state.clone(), rt.handle().clone())
+                .context("fleet mode")?,
+        )),
+        None => None,
+    };
+    let started = match &fleet {
+        Some(f) => Ledger::start_shared(
+            Box::new(f.store()),
+            args.routes.clone(),
+            args.force_files,
+            f.last_known(),
+        ),
+        None => {
+            let history = match &args.state {
+                Some(dir) => History::open(dir).context("opening the state directory")?,
+                None => History::in_memory().context("creating the in-memory history")?,
+            };
+            Ledger::start(history, args.routes.clone(), args.force_files)
+        }
+    };
+    let ledger = match started {
         Ok(l) => Arc::new(l),
         Err(crate::admin::ledger::ChangeError::Invalid(diags)) => {
             let list: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
@@ -189,6 +223,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(anyhow!(e).context("loading the route table")),
     };
+    if let Some(f) = &fleet {
+        f.start(ledger.clone());
+    }
     let store = ledger.store().clone();
     let access_log = match args.access_log.as_str() {
         "off" | "" => None,
@@ -223,7 +260,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                         std::process::exit(1);
                     }
                 };
-                let state = Arc::new(AdminState::new(control_ledger.clone(), tokens, loopback));
+                let state = Arc::new(
+                    AdminState::new(control_ledger.clone(), tokens, loopback).with_fleet(fleet),
+                );
                 tokio::spawn(crate::admin::serve(listener, state));
                 tokio::spawn(crate::health::active::supervise(
                     control_ledger.store().clone(),
@@ -270,5 +309,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     server.add_service(svc);
     tracing::info!(listen = %args.listen, admin = %args.admin, threads, work_stealing = args.scheduler.work_stealing(threads), version = ledger.store().version(), "switchyard serving");
+    // The fleet runtime must outlive the server, which ends the process.
+    let _fleet_rt = fleet_rt;
     server.run_forever()
 }

@@ -484,17 +484,34 @@ impl Run {
             max_queued: None,
             max_queued_bytes: None,
         };
-        if let Err(e) = self.admin.hold(&req).await {
-            let why = format!("holding the routes: {e}");
-            self.event(Step::Hold, "failed", t0, why.clone());
-            return self.abort(Step::Hold, why).await;
-        }
+        // In a fleet the hold answers only once every live node holds (or fails naming the
+        // others, then this aborts): fencing starts only after the whole fleet holds. The wait
+        // is bounded by the pause budget; a single proxy ignores it.
+        let held = match self.admin.clone().with_wait_fleet(Some(format!(
+            "{}ms",
+            self.journal.max_pause_ms.clamp(1, 600_000)
+        ))) {
+            Ok(admin) => admin.hold(&req).await,
+            Err(e) => Err(e),
+        };
+        let held = match held {
+            Ok(h) => h,
+            Err(e) => {
+                let why = format!("holding the routes: {e}");
+                self.event(Step::Hold, "failed", t0, why.clone());
+                return self.abort(Step::Hold, why).await;
+            }
+        };
         self.journal.end("ok");
+        let on = match &held.fleet_confirmed {
+            Some(nodes) => format!(" on every node of the fleet ({})", nodes.join(", ")),
+            None => String::new(),
+        };
         self.event(
             Step::Hold,
             "ok",
             t0,
-            format!("held {}", self.journal.routes.join(", ")),
+            format!("held {}{on}", self.journal.routes.join(", ")),
         );
 
         for step in [
