@@ -13,6 +13,10 @@
 //! keep-alive timeout, and at once when the server begins to shut down. Measured: 38 KB →
 //! 15 KB per idle connection; what is left is mostly pingora's listener task (bench/RESULTS.md).
 //!
+//! With the fast engine (`serve --engine fast`, the default) each request is first offered to
+//! [`fast::Engine`]: it serves common HTTP/1.1 requests itself and hands anything else back,
+//! with the bytes it read, to pingora's `HttpProxy` on the same connection.
+//!
 //! TLS and HTTP/2 connections (not served by switchyard's listener today) are handed to
 //! pingora's own loop unchanged.
 
@@ -20,10 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+
+use crate::proxy::fast::{self, Served};
 
 /// Read buffer per client connection. A request's first read fills it, so waiting for the
 /// next request and then parsing it costs one `recv`; headers longer than this are read in
@@ -36,6 +43,8 @@ pub struct Connections<A> {
     app: Arc<A>,
     /// How long a client connection may sit idle between requests.
     idle: Duration,
+    /// The fast path, when on: offered every plain HTTP/1.1 request first.
+    fast: Option<Arc<fast::Engine>>,
 }
 
 impl<A> Connections<A> {
@@ -43,7 +52,25 @@ impl<A> Connections<A> {
         Connections {
             app: Arc::new(app),
             idle,
+            fast: None,
         }
+    }
+
+    /// Serves plain HTTP/1.1 requests with `fast` first (`None`: stock only, the default of
+    /// [`Connections::new`]).
+    pub fn with_fast(mut self, fast: Option<Arc<fast::Engine>>) -> Self {
+        self.fast = fast;
+        self
+    }
+}
+
+impl<A: HttpServerApp> Connections<A> {
+    /// Whether the stock path's per-connection settings matter for the next request (a
+    /// keep-alive request limit counts down in them), so it must stay on the stock path.
+    fn keeps_state(&self) -> bool {
+        self.app
+            .server_options()
+            .is_some_and(|o| o.keepalive_request_limit.is_some())
     }
 }
 
@@ -80,9 +107,27 @@ where
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
         let mut settings: Option<HttpPersistentSettings> = None;
+        // Bytes of the next request already read (by the fast path, or past a request's end).
+        let mut read: Option<Bytes> = None;
         loop {
-            if !next_request(&mut stream, self.idle, shutdown).await {
+            if read.is_none() && !next_request(&mut stream, self.idle, shutdown).await {
                 return None;
+            }
+            if let (Some(engine), None) = (&self.fast, &settings) {
+                let prefix = read
+                    .take()
+                    .map_or_else(BytesMut::new, |b| BytesMut::from(&b[..]));
+                match engine.serve(stream, prefix, shutdown).await {
+                    Served::Again(s) => {
+                        stream = s;
+                        continue;
+                    }
+                    Served::Closed => return None,
+                    Served::Stock(s, bytes) => {
+                        stream = s;
+                        read = Some(bytes);
+                    }
+                }
             }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
@@ -96,6 +141,9 @@ where
                     );
                 }
             }
+            if let (Some(bytes), ServerSession::H1(s)) = (read.take(), &mut session) {
+                s.set_pipelined_prefix(BytesMut::from(&bytes[..]));
+            }
             if *shutdown.borrow() {
                 // Answer this request, then close: the server is going away.
                 session.set_keepalive(None);
@@ -103,7 +151,9 @@ where
             let reused = self.app.process_new_http(session, shutdown).await?;
             let (next, s) = reused.consume();
             stream = next;
-            settings = s;
+            // Settings that carry nothing for the next request (no request limit, no
+            // pipelined bytes) let it go to the fast path again.
+            settings = s.filter(|_| self.fast.is_none() || self.keeps_state());
         }
     }
 

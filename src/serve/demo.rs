@@ -66,5 +66,6 @@ pub fn run() -> anyhow::Result<()> {
         state: None,
         admin_token_file: None,
         force_files: false,
+        engine: super::Engine::Fast,
     })
 }

@@ -60,6 +60,18 @@ pub struct ServeArgs {
     /// closed. Idle connections are also closed as soon as a graceful stop begins.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout: u64,
+    /// Which engine serves plain HTTP/1.1 requests: `fast` (switchyard's own forwarding loop,
+    /// handing anything unusual to pingora's proxy on the same connection) or `stock`
+    /// (pingora's proxy for every request). Both make the same decisions (bench/RESULTS.md).
+    #[arg(long, value_enum, default_value_t = Engine::Fast)]
+    pub engine: Engine,
+}
+
+/// The engine of the plain HTTP/1.1 listener (`serve --engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Fast,
+    Stock,
 }
 
 /// Scheduler layout of the data-plane threads (`serve --scheduler`).
@@ -173,10 +185,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let proxy = pingora::proxy::http_proxy(&server.configuration, Proxy { store, access_log });
+    let proxy_impl = Proxy { store, access_log };
+    let fast = (args.engine == Engine::Fast).then(|| {
+        Arc::new(crate::proxy::fast::Engine::new(
+            proxy_impl.clone(),
+            &server.configuration,
+            args.idle_timeout,
+        ))
+    });
+    let proxy = pingora::proxy::http_proxy(&server.configuration, proxy_impl);
     let mut svc = pingora::services::listening::Service::new(
         "switchyard".to_string(),
-        conn::Connections::new(proxy, std::time::Duration::from_secs(args.idle_timeout)),
+        conn::Connections::new(proxy, std::time::Duration::from_secs(args.idle_timeout))
+            .with_fast(fast),
     );
     // A small read buffer per client connection instead of pingora's 64 KiB: a typical
     // request still arrives in one read, and an idle keep-alive connection holds 1 KiB.
@@ -185,6 +206,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
     );
     server.add_service(svc);
-    tracing::info!(listen = %args.listen, admin = %args.admin, threads, work_stealing = args.scheduler.work_stealing(threads), version = ledger.store().version(), "switchyard serving");
+    tracing::info!(listen = %args.listen, admin = %args.admin, threads, engine = ?args.engine, work_stealing = args.scheduler.work_stealing(threads), version = ledger.store().version(), "switchyard serving");
     server.run_forever()
 }
