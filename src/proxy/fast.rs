@@ -87,7 +87,7 @@ pub fn stock_reason(req: &RequestHeader) -> Option<&'static str> {
     let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
     if let Some(cl) = lengths.next() {
         let n = cl.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
-        if lengths.next().is_some() || !n.is_some_and(|n| n <= MAX_BODY) {
+        if lengths.next().is_some() || n.is_none_or(|n| n > MAX_BODY) {
             return Some("body framing or size");
         }
     }
@@ -532,7 +532,7 @@ mod tests {
 
     #[test]
     fn head_end_accepts_lf_and_crlf() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nxyz"), Some(25));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nxyz"), Some(24));
         assert_eq!(head_end(b"GET / HTTP/1.1\nA: b\n\n"), Some(21));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
     }

@@ -87,7 +87,7 @@ mod tests {
         let a = l.local_addr().unwrap();
         let c = tokio::net::TcpStream::connect(a).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
-        (Stream::from(c), s)
+        (Box::new(pingora::protocols::l4::stream::Stream::from(c)), s)
     }
 
     #[tokio::test]

@@ -117,7 +117,9 @@ where
                 let prefix = read
                     .take()
                     .map_or_else(BytesMut::new, |b| BytesMut::from(&b[..]));
-                match engine.serve(stream, prefix, shutdown).await {
+                // Boxed: the request's state lives only while it is served, not in every
+                // idle connection's future.
+                match Box::pin(engine.serve(stream, prefix, shutdown)).await {
                     Served::Again(s) => {
                         stream = s;
                         continue;
