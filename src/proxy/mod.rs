@@ -8,9 +8,12 @@
 
 pub mod decide;
 pub mod edge;
+pub mod fast;
 pub mod hold;
 pub mod limits;
 pub mod log;
+pub mod pool;
+pub mod sanitize;
 pub mod shadow;
 pub mod shadow_client;
 
@@ -27,7 +30,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::metrics::{code_class, AttemptOutcome, PairStats, METRICS};
-use crate::routing::table::{HostHeader, RouteTable};
+use crate::routing::table::RouteTable;
 use crate::routing::TableStore;
 use decide::{AttemptError, BodyState, FallbackReason, NextStep, Order, Steering};
 use hold::{Verdict, HOLDS};
@@ -42,24 +45,9 @@ static NO_ROUTE_STATS: LazyLock<PairStats> = LazyLock::new(|| METRICS.pair("none
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static SECRET: HeaderName = HeaderName::from_static(SECRET_HEADER);
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-// Headers switchyard adds are inserted by `&'static str` name: pingora keeps the wire spelling
-// of every header in a second map, and given a `HeaderName` outside its titled list it copies
-// the name into a new buffer first (one allocation per added header per request).
-const X_FORWARDED_FOR_STR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO_STR: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST_STR: &str = "x-forwarded-host";
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 5] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::PROXY_AUTHENTICATE,
-];
 
 /// The proxy service.
+#[derive(Clone)]
 pub struct Proxy {
     pub store: Arc<TableStore>,
     pub access_log: Option<log::AccessLog>,
@@ -191,104 +179,61 @@ fn held_bytes(req: &RequestHeader) -> u64 {
     head as u64 + body
 }
 
-/// Answers 503 with `Retry-After` for a request a hold refused (queue full, or a `reject`
-/// hold past its deadline); the connection is closed, since the request body was not read.
-async fn refuse_held(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    route: &str,
-    v: Verdict,
-) -> Result<bool> {
-    ctx.status = 503;
-    let (reason, msg) = match v {
-        Verdict::QueueFull => (
-            "hold_queue_full",
-            "requests for this route are held and the hold's queue is full; retry",
-        ),
-        _ => (
-            "hold_expired",
-            "requests for this route are held past the hold's deadline until it is released; retry",
-        ),
-    };
-    METRICS.rejected.with_label_values(&[reason]).inc();
-    let body = json_error(msg, Some(route));
-    let mut resp = ResponseHeader::build(503, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(header::RETRY_AFTER, hold::RETRY_AFTER_SECS.to_string())?;
-    session
-        .as_downstream_mut()
-        .write_error_response(resp, body)
-        .await?;
-    Ok(true)
+/// The client's IP address, for `X-Forwarded-For` and sticky-by-client routing.
+pub(crate) fn client_ip(
+    addr: Option<&pingora::protocols::l4::socket::SocketAddr>,
+) -> Option<std::net::IpAddr> {
+    addr.and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
-/// Answers a request that broke a limit with `r`'s status and closes the connection (the
-/// body, if any, is not read); counted in `switchyard_rejected_total{reason}`.
-async fn reject(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    r: limits::Reject,
-    route: Option<&str>,
-) -> Result<bool> {
-    ctx.status = r.status;
-    METRICS.rejected.with_label_values(&[r.reason]).inc();
-    respond(session, r.status, json_error(r.message, route), false).await?;
-    Ok(true)
-}
-
-/// Answers 404 for a request no route matches (keeping the connection); `Ok(true)` = handled.
-async fn no_route(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    ctx.status = 404;
-    let body = json_error("no route matches this request", None);
-    respond(session, 404, body, true).await?;
-    Ok(true)
-}
-
-impl Proxy {
-    /// Matches the request against `table`; fills the route and the order of preference.
-    fn route_request(&self, session: &Session, ctx: &mut Ctx, table: Arc<RouteTable>) {
-        let req = session.req_header();
-        let host = request_host(req);
-        if ctx.table.is_none() {
-            crate::metrics::traffic::HOSTS.record(&host); // once per request, also when held
-        }
-        let route = table.match_request(&host, req.uri.path().as_bytes(), &req.method);
-        ctx.route = route;
-        if let Some(ri) = route {
-            let r = &table.routes[ri];
-            let headers = &req.headers;
-            let get = |name: &str| headers.get(name).map(|v| v.as_bytes());
-            let client_ip = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip());
-            let steering = Steering {
-                override_name: table
-                    .proxy
-                    .override_header
-                    .as_ref()
-                    .and_then(|h| headers.get(h))
-                    .map(|v| v.as_bytes()),
-                override_secret: headers.get(&SECRET).map(|v| v.as_bytes()),
-                cookies: headers.get(header::COOKIE).map(|v| v.as_bytes()),
-                header: &get,
-                client_ip,
-                random_bucket: rand::random_range(0..crate::routing::split::BUCKETS),
-            };
-            let (order, forced) = decide::preference(&table, r, &steering);
-            ctx.order = order;
-            ctx.forced = forced;
-        }
-        ctx.table = Some(table);
+/// The status and message a failed request is answered with (both engines).
+pub(crate) fn failure_answer(e: &Error) -> (u16, &'static str) {
+    match e.etype() {
+        ErrorType::HTTPStatus(c) => (*c, "upstream error"),
+        ErrorType::ConnectTimedout => (504, "upstream connect timed out"),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => (504, "upstream timed out"),
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => (502, "upstream TLS handshake failed"),
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::BindError
+        | ErrorType::SocketError => (502, "could not connect to upstream"),
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, "bad response from upstream"),
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                    (0, "")
+                }
+                _ => (400, "bad request"),
+            },
+            _ => (500, "internal error"),
+        },
     }
 }
 
-#[async_trait]
-impl ProxyHttp for Proxy {
-    type CTX = Ctx;
+/// The JSON body of a failed request's answer, naming the route when there is one.
+pub(crate) fn failure_body(ctx: &Ctx, msg: &str) -> Bytes {
+    let route = ctx
+        .route
+        .and_then(|ri| ctx.table.as_ref().map(|t| t.routes[ri].id.clone()));
+    json_error(msg, route.as_deref())
+}
 
-    fn new_ctx(&self) -> Ctx {
+/// Removes the connection-scoped headers of an upstream response (not for a 101).
+pub(crate) fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    if resp.status.as_u16() != 101 {
+        resp.remove_header(&header::CONNECTION);
+        resp.remove_header(&KEEP_ALIVE);
+        resp.remove_header(&PROXY_CONNECTION);
+    }
+}
+
+impl Ctx {
+    /// A fresh context for a request that starts now.
+    pub(crate) fn new() -> Ctx {
         Ctx {
             start: Instant::now(),
             table: None,
@@ -312,115 +257,69 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        // The head is whole: its deadline is over.
-        edge::head_done();
-        let head_len = session.to_h1_raw().len();
-        ctx.reject = limits::check_head(head_len, session.req_header(), &self.limits).err();
-        limits::normalize_target(session.req_header_mut());
-        Ok(())
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // Taken: answered here, so a failure to write it is not counted a second time.
-        if let Some(r) = ctx.reject.take() {
-            return reject(session, ctx, r, None).await;
+    /// After the hold: counts the request in flight, notes its declared body and decides on
+    /// a shadow copy.
+    pub(crate) fn admitted(&mut self, req: &RequestHeader) {
+        if let (Some(ri), Some(t)) = (self.route, self.table.as_ref()) {
+            t.routes[ri].inflight.fetch_add(1, Ordering::Relaxed);
+            self.counted_inflight = true;
         }
-        self.route_request(session, ctx, self.store.load());
-        let Some(ri) = ctx.route else {
-            return no_route(session, ctx).await;
-        };
-        let table = ctx.table()?.clone();
-        let max_body = table.routes[ri].max_body_bytes;
-        if let Err(r) = limits::check_declared_body(session.req_header(), max_body) {
-            return reject(session, ctx, r, Some(&table.routes[ri].id)).await;
-        }
-        let held_bytes = || held_bytes(session.req_header());
-        let waited = match HOLDS.wait(&table.routes[ri].id, held_bytes).await {
-            Verdict::Proceed(w) => w,
-            refused => return refuse_held(session, ctx, &table.routes[ri].id, refused).await,
-        };
-        if !waited.is_zero() {
-            // Held: proceed on the table that is current now, not the one we started with.
-            self.route_request(session, ctx, self.store.load());
-            if ctx.route.is_none() {
-                return no_route(session, ctx).await;
-            }
-        }
-        let table = ctx.table()?;
-        if let Some(ri) = ctx.route {
-            table.routes[ri].inflight.fetch_add(1, Ordering::Relaxed);
-            ctx.counted_inflight = true;
-        }
-        ctx.declared_body = session
-            .req_header()
+        self.declared_body = req
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
-        if let (Some(ri), Some(t)) = (ctx.route, ctx.table.as_ref()) {
+        if let (Some(ri), Some(t)) = (self.route, self.table.as_ref()) {
             let max = t.proxy.shadow_max_inflight;
-            ctx.shadow = shadow::begin(&t.routes[ri], max, session.req_header(), ctx.declared_body);
+            self.shadow = shadow::begin(&t.routes[ri], max, req, self.declared_body);
         }
-        // The body is read from now on (not while the request was held): watch its rate.
-        if limits::has_body(session.req_header()) {
-            edge::body_started();
-        }
-        Ok(false)
     }
 
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        if ctx.upgraded.is_some() {
-            edge::activity();
-            return Ok(());
+    /// A request body chunk of the current attempt.
+    pub(crate) fn body_chunk(&mut self, b: &[u8]) {
+        self.body_bytes += b.len();
+        self.body_seen = self.body_seen.max(self.body_bytes);
+        if let Some(c) = self.shadow.as_mut() {
+            c.request_chunk(b);
         }
-        // On a replay pingora passes the buffered body through here again: count per attempt
-        // (reset in `upstream_request_filter`) so a replayed body is not counted twice.
-        let n = body.as_ref().map_or(0, |b| b.len());
-        edge::body_progress(n, end_of_stream);
-        if let Some(b) = body.as_ref() {
-            ctx.body_bytes += b.len();
-            ctx.body_seen = ctx.body_seen.max(ctx.body_bytes);
-            if let Some(c) = ctx.shadow.as_mut() {
-                c.request_chunk(b);
-            }
-        }
-        let max = ctx
-            .route
-            .and_then(|ri| ctx.table.as_ref().and_then(|t| t.routes[ri].max_body_bytes));
-        if let Err(r) = limits::check_body_seen(ctx.body_seen as u64, max) {
-            // A body without a declared length grew over the limit: stop here; fail_to_proxy
-            // answers 413 if nothing was sent to the client yet.
-            ctx.reject = Some(r);
-            return Error::e_explain(ErrorType::HTTPStatus(r.status), r.message);
-        }
-        Ok(())
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let table = ctx.table()?.clone();
-        let ri = ctx
+    /// A new attempt begins sending: body counts restart (a replay resends from the start).
+    /// `upstream_req` is the request as it goes to the upstream: a shadow copy carries its
+    /// forwarding headers.
+    pub(crate) fn attempt_sending(&mut self, upstream_req: &RequestHeader) {
+        self.body_bytes = 0;
+        if let Some(c) = self.shadow.as_mut() {
+            c.restart_body();
+            c.forwarded(&upstream_req.headers);
+        }
+    }
+
+    /// The request is refused or answered without an upstream: `status` is what the client got.
+    pub(crate) fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// Chooses the next attempt's upstream (`upstream_peer`): the first available in the order
+    /// from the current position, counting a move away from the previous choice.
+    pub(crate) async fn choose_peer(&mut self) -> Result<Box<HttpPeer>> {
+        let table = self.table()?.clone();
+        let ri = self
             .route
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
         let route = &table.routes[ri];
         let (pos, skipped) =
-            decide::next_available(&ctx.order, ctx.pos, |u| table.upstreams[u].state.check())
+            decide::next_available(&self.order, self.pos, |u| table.upstreams[u].state.check())
                 .ok_or_else(|| {
                     Error::explain(ErrorType::ConnectNoRoute, "no upstream left to try")
                 })?;
-        let u = ctx.order.get(pos).unwrap_or(0);
+        let u = self.order.get(pos).unwrap_or(0);
         // Count the move from the request's previous choice, if it moved.
-        let moved_from = ctx
+        let moved_from = self
             .pending
             .take()
-            .or_else(|| skipped.map(|r| (ctx.order.get(ctx.pos).unwrap_or(u), r)));
-        if let Some((from, reason)) = moved_from.filter(|_| !ctx.forced) {
+            .or_else(|| skipped.map(|r| (self.order.get(self.pos).unwrap_or(u), r)));
+        if let Some((from, reason)) = moved_from.filter(|_| !self.forced) {
             if from != u || reason == FallbackReason::AllDown {
                 let reason = if skipped == Some(FallbackReason::AllDown) {
                     FallbackReason::AllDown
@@ -436,23 +335,15 @@ impl ProxyHttp for Proxy {
                         reason.as_str(),
                     ])
                     .inc();
-                ctx.fell_back.get_or_insert(reason);
+                self.fell_back.get_or_insert(reason);
                 if reason == FallbackReason::AllDown && log_all_down_now() {
                     tracing::warn!(route = %route.id, upstream = %table.upstreams[u].name, "every upstream of the route is down; trying anyway (logged at most once a second; switchyard_fallbacks_total counts each)");
                 }
             }
         }
-        ctx.pos = pos;
-        ctx.upstream = Some(u);
+        self.pos = pos;
+        self.upstream = Some(u);
         let up = &table.upstreams[u];
-        // An upgraded connection's idle limit is the route's (enforced by `edge::guard`): the
-        // per-direction read timers must not close it earlier.
-        let upgrade_idle = session
-            .is_upgrade_req()
-            .then_some(route.websocket_idle.max(up.read_timeout));
-        if let Some(idle) = upgrade_idle {
-            session.set_read_timeout(Some(idle));
-        }
         let addr = match up.next_addr() {
             (_, Some(literal)) => literal,
             (name, None) => crate::routing::resolve::resolve(name).await?,
@@ -466,12 +357,480 @@ impl ProxyHttp for Proxy {
         let o = &mut peer.options;
         o.connection_timeout = Some(up.connect_timeout);
         o.total_connection_timeout = Some(up.connect_timeout);
-        o.read_timeout = Some(upgrade_idle.unwrap_or(up.read_timeout));
+        o.read_timeout = Some(up.read_timeout);
         o.write_timeout = Some(up.read_timeout);
         o.idle_timeout = Some(Duration::from_secs(60));
         o.ca = up.ca.clone();
-        ctx.attempt_start = Some(Instant::now());
+        self.attempt_start = Some(Instant::now());
         Ok(Box::new(peer))
+    }
+
+    /// The current attempt's upstream answered `status` (`upstream_response_filter`): counts
+    /// the attempt and the outlier signal; `Err` (retryable) when a 5xx moves the request to
+    /// the next upstream. `whole` says whether the request body can be replayed whole.
+    pub(crate) fn answered(
+        &mut self,
+        status: u16,
+        method: &http::Method,
+        body: (bool, bool),
+    ) -> Result<()> {
+        let (Some(table), Some(u), Some(ri)) = (self.table.clone(), self.upstream, self.route)
+        else {
+            return Ok(());
+        };
+        let up = &table.upstreams[u];
+        self.end_attempt(Some(AttemptOutcome::of_status(status)));
+        if status >= 500 && up.outlier.count_5xx {
+            up.state.record_failure(&up.outlier);
+        } else {
+            up.state.record_success();
+        }
+        if status >= 500 && !self.forced && self.pos + 1 < self.order.len() {
+            let route = &table.routes[ri];
+            let whole = self.body_whole(body.0, body.1, route.retry_buffer_bytes);
+            if decide::may_replay(method, true, whole, route) {
+                self.pending = Some((u, FallbackReason::Status5xx));
+                self.pos += 1;
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "upstream answered 5xx; trying the fallback",
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The response head goes to the client (`response_filter`): the shadow sees it and the
+    /// upstream's name is added when the table asks for it.
+    pub(crate) fn responding(&mut self, resp: &mut ResponseHeader) -> Result<()> {
+        if let Some(c) = self.shadow.as_mut() {
+            c.primary_head(resp.status.as_u16(), &resp.headers);
+        }
+        if let (Some(table), Some(u)) = (self.table.as_ref(), self.upstream) {
+            if table.proxy.response_header {
+                resp.insert_header(UPSTREAM_HEADER, table.upstreams[u].name_header.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A response body chunk going to the client.
+    pub(crate) fn response_chunk(&mut self, b: &[u8]) {
+        if let Some(c) = self.shadow.as_mut() {
+            c.primary_chunk(b);
+        }
+    }
+
+    /// Connecting to the current attempt's upstream failed (`fail_to_connect`): blames the
+    /// upstream and moves on when allowed (nothing was sent).
+    pub(crate) fn connect_failed(&mut self, mut e: Box<Error>) -> Box<Error> {
+        let Some(table) = self.table.clone() else {
+            return e;
+        };
+        if let Some(u) = self.upstream {
+            let up = &table.upstreams[u];
+            up.state.record_failure(&up.outlier);
+            let reason = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+                FallbackReason::Timeout
+            } else {
+                FallbackReason::ConnectError
+            };
+            self.end_attempt(Some(if reason == FallbackReason::Timeout {
+                AttemptOutcome::Timeout
+            } else {
+                AttemptOutcome::Error
+            }));
+            // Nothing was sent: always safe to move on, unless a tester forced this upstream.
+            if !self.forced && self.pos + 1 < self.order.len() {
+                self.pending = Some((u, reason));
+                self.pos += 1;
+                e.set_retry(true);
+            } else {
+                e.set_retry(false);
+            }
+        }
+        e
+    }
+
+    /// An attempt failed after its connection was made (`error_while_proxy`). `headers_sent`:
+    /// the client already has a response head; `whole`: the body can be replayed whole within
+    /// the given limit. Sets `retry` on the error when the request goes on.
+    pub(crate) fn attempt_failed(
+        &mut self,
+        e: Box<Error>,
+        client_reused: bool,
+        headers_sent: bool,
+        method: &http::Method,
+        body: (bool, bool),
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!(
+            "upstream {}",
+            self.upstream
+                .and_then(|u| self.table.as_ref().map(|t| t.upstreams[u].name.clone()))
+                .unwrap_or_default()
+        ));
+        // Our own 5xx signal from `answered`: already decided.
+        if matches!(e.etype(), ErrorType::HTTPStatus(_))
+            && matches!(self.pending, Some((_, FallbackReason::Status5xx)))
+        {
+            e.set_retry(true);
+            return e;
+        }
+        let (Some(table), Some(ri), Some(u)) = (self.table.clone(), self.route, self.upstream)
+        else {
+            e.set_retry(false);
+            return e;
+        };
+        let route = &table.routes[ri];
+        let kind = if *e.esource() != ErrorSource::Upstream {
+            AttemptError::Other
+        } else if matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) {
+            AttemptError::Timeout
+        } else if client_reused && matches!(e.retry, pingora::RetryType::ReusedOnly) {
+            AttemptError::StalePooled
+        } else {
+            AttemptError::Upstream
+        };
+        // A stale pooled connection or a client-side failure says nothing about the backend:
+        // the attempt is dropped, not counted as a failure of the upstream.
+        self.end_attempt(match kind {
+            AttemptError::Timeout => Some(AttemptOutcome::Timeout),
+            AttemptError::Upstream => Some(AttemptOutcome::Error),
+            AttemptError::StalePooled | AttemptError::Other => None,
+        });
+        let replayable = !headers_sent && {
+            let whole = self.body_whole(body.0, body.1, route.retry_buffer_bytes);
+            decide::may_replay(method, true, whole, route)
+        };
+        let can_fall_back = !self.forced && self.pos + 1 < self.order.len();
+        let (step, blame) =
+            decide::after_error(kind, replayable, can_fall_back, self.retried_stale);
+        if blame {
+            let up = &table.upstreams[u];
+            up.state.record_failure(&up.outlier);
+        }
+        match step {
+            NextStep::Same => {
+                self.retried_stale = true;
+                e.set_retry(true);
+            }
+            NextStep::Fallback(reason) => {
+                self.pending = Some((u, reason));
+                self.pos += 1;
+                e.set_retry(true);
+            }
+            NextStep::GiveUp => e.set_retry(false),
+        }
+        e
+    }
+
+    /// Whether the body is whole for a replay within `limit` (see [`decide::body_whole`]):
+    /// `done` = the client sent all of it, `truncated` = the replay buffer overflowed.
+    pub(crate) fn body_whole(&self, done: bool, truncated: bool, limit: usize) -> bool {
+        let b = BodyState {
+            declared: self.declared_body,
+            seen: self.body_seen,
+            done,
+            truncated,
+        };
+        decide::body_whole(&b, limit)
+    }
+}
+
+impl Proxy {
+    /// Matches the request against `table`; fills the route and the order of preference.
+    pub(crate) fn route_request(
+        &self,
+        req: &RequestHeader,
+        client_ip: Option<std::net::IpAddr>,
+        ctx: &mut Ctx,
+        table: Arc<RouteTable>,
+    ) {
+        let host = request_host(req);
+        if ctx.table.is_none() {
+            crate::metrics::traffic::HOSTS.record(&host); // once per request, also when held
+        }
+        let route = table.match_request(&host, req.uri.path().as_bytes(), &req.method);
+        ctx.route = route;
+        if let Some(ri) = route {
+            let r = &table.routes[ri];
+            let headers = &req.headers;
+            let get = |name: &str| headers.get(name).map(|v| v.as_bytes());
+            let steering = Steering {
+                override_name: table
+                    .proxy
+                    .override_header
+                    .as_ref()
+                    .and_then(|h| headers.get(h))
+                    .map(|v| v.as_bytes()),
+                override_secret: headers.get(&SECRET).map(|v| v.as_bytes()),
+                cookies: headers.get(header::COOKIE).map(|v| v.as_bytes()),
+                header: &get,
+                client_ip,
+                random_bucket: rand::random_range(0..crate::routing::split::BUCKETS),
+            };
+            let (order, forced) = decide::preference(&table, r, &steering);
+            ctx.order = order;
+            ctx.forced = forced;
+        }
+        ctx.table = Some(table);
+    }
+
+    /// Routes the request and waits out a hold (`request_filter`). `Ok(None)`: go on to an
+    /// upstream; `Ok(Some(answer))`: answer the client with it instead.
+    pub(crate) async fn admit(
+        &self,
+        req: &RequestHeader,
+        client_ip: Option<std::net::IpAddr>,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Refusal>> {
+        self.route_request(req, client_ip, ctx, self.store.load());
+        let Some(ri) = ctx.route else {
+            return Ok(Some(Refusal::NoRoute));
+        };
+        let table = ctx.table()?.clone();
+        if let Err(r) = limits::check_declared_body(req, table.routes[ri].max_body_bytes) {
+            METRICS.rejected.with_label_values(&[r.reason]).inc();
+            let body = json_error(r.message, Some(&table.routes[ri].id));
+            return Ok(Some(Refusal::Limit(r, body)));
+        }
+        let waited = match HOLDS.wait(&table.routes[ri].id, || held_bytes(req)).await {
+            Verdict::Proceed(w) => w,
+            refused => {
+                let (reason, msg) = match refused {
+                    Verdict::QueueFull => (
+                        "hold_queue_full",
+                        "requests for this route are held and the hold's queue is full; retry",
+                    ),
+                    _ => (
+                        "hold_expired",
+                        "requests for this route are held past the hold's deadline until it is released; retry",
+                    ),
+                };
+                METRICS.rejected.with_label_values(&[reason]).inc();
+                return Ok(Some(Refusal::Held(json_error(
+                    msg,
+                    Some(&table.routes[ri].id),
+                ))));
+            }
+        };
+        if !waited.is_zero() {
+            // Held: proceed on the table that is current now, not the one we started with.
+            self.route_request(req, client_ip, ctx, self.store.load());
+            if ctx.route.is_none() {
+                return Ok(Some(Refusal::NoRoute));
+            }
+        }
+        ctx.admitted(req);
+        // The body is read from now on (not while the request was held): watch its rate.
+        if limits::has_body(req) {
+            edge::body_started();
+        }
+        Ok(None)
+    }
+
+    /// Records metrics, the shadow copy and the access log of a finished request (`logging`).
+    /// `status`: what the client got (0: nothing).
+    pub(crate) fn finish(
+        &self,
+        req: &RequestHeader,
+        status: u16,
+        e: Option<&Error>,
+        ctx: &mut Ctx,
+    ) {
+        let status = if status == 0 { ctx.status } else { status };
+        let elapsed = ctx.start.elapsed();
+        if let (Some(c), Some(t)) = (ctx.shadow.take(), ctx.table.as_ref()) {
+            shadow::finish(c, t.clone(), elapsed, e.is_none() && ctx.status == 0);
+        }
+        let table = ctx.table.as_ref();
+        let route = ctx.route.and_then(|ri| table.map(|t| &t.routes[ri]));
+        let upstream = ctx.upstream.and_then(|u| table.map(|t| &t.upstreams[u]));
+        if let Some(r) = route {
+            if ctx.counted_inflight {
+                r.inflight.fetch_sub(1, Ordering::Relaxed);
+                ctx.counted_inflight = false;
+            }
+        }
+        let stats = match (route, ctx.upstream, upstream) {
+            (Some(r), Some(ui), Some(u)) => r.stats(ui, &u.name),
+            _ => &NO_ROUTE_STATS,
+        };
+        stats.codes[code_class(status)].inc();
+        stats.duration.observe(elapsed.as_secs_f64());
+        if let Some(log) = &self.access_log {
+            let host = request_host(req);
+            log.write(&log::Entry {
+                time: log::now_rfc3339(),
+                method: req.method.as_str(),
+                host: &host,
+                path: req.uri.path(),
+                route: route.map_or("", |r| &r.id),
+                upstream: upstream.map_or("", |u| &u.name),
+                status,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                table_version: table.map_or(0, |t| t.version),
+                fallback: ctx.fell_back.map(FallbackReason::as_str),
+                error: e.map(|e| e.etype().as_str().to_string()),
+            });
+        }
+    }
+}
+
+/// Why a request is answered without an upstream.
+pub(crate) enum Refusal {
+    /// No route matches: 404, the connection kept.
+    NoRoute,
+    /// A hold refused it (queue full or past a `reject` deadline): 503 with this body and
+    /// `Retry-After`, the connection closed (the body was not read).
+    Held(Bytes),
+    /// A request limit (the declared body too large): its status with this body, the
+    /// connection closed.
+    Limit(limits::Reject, Bytes),
+}
+
+impl Refusal {
+    /// The status of the answer.
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Refusal::NoRoute => 404,
+            Refusal::Held(_) => 503,
+            Refusal::Limit(r, _) => r.status,
+        }
+    }
+
+    /// Whether the client connection stays open after the answer (only for 404: the others
+    /// leave a request body unread).
+    pub(crate) fn keeps_connection(&self) -> bool {
+        matches!(self, Refusal::NoRoute)
+    }
+
+    /// The answer: head (status, JSON type, length, and `Retry-After` for a hold) and body.
+    pub(crate) fn answer(self) -> Result<(ResponseHeader, Bytes)> {
+        let status = self.status();
+        let held = matches!(self, Refusal::Held(_));
+        let body = match self {
+            Refusal::NoRoute => json_error("no route matches this request", None),
+            Refusal::Held(b) | Refusal::Limit(_, b) => b,
+        };
+        let mut resp = ResponseHeader::build(status, Some(4))?;
+        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        if held {
+            resp.insert_header(header::RETRY_AFTER, hold::RETRY_AFTER_SECS.to_string())?;
+        }
+        Ok((resp, body))
+    }
+}
+
+/// Answers a request that broke a limit with `r`'s status and closes the connection (the
+/// body, if any, is not read); counted in `switchyard_rejected_total{reason}`.
+async fn reject(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    r: limits::Reject,
+    route: Option<&str>,
+) -> Result<bool> {
+    ctx.status = r.status;
+    METRICS.rejected.with_label_values(&[r.reason]).inc();
+    respond(session, r.status, json_error(r.message, route), false).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // None: pingora's default adds a (disabled) compression module that still runs on
+        // every request and response.
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // The head is whole: its deadline is over.
+        edge::head_done();
+        let head_len = session.to_h1_raw().len();
+        ctx.reject = limits::check_head(head_len, session.req_header(), &self.limits).err();
+        limits::normalize_target(session.req_header_mut());
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Taken: answered here, so a failure to write it is not counted a second time.
+        if let Some(r) = ctx.reject.take() {
+            return reject(session, ctx, r, None).await;
+        }
+        let ip = client_ip(session.client_addr());
+        let req = session.req_header();
+        let refusal = match self.admit(req, ip, ctx).await? {
+            None => return Ok(false),
+            Some(r) => r,
+        };
+        ctx.status = refusal.status();
+        let keep = refusal.keeps_connection();
+        let (resp, body) = refusal.answer()?;
+        if keep {
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await?;
+        } else {
+            session
+                .as_downstream_mut()
+                .write_error_response(resp, body)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.upgraded.is_some() {
+            edge::activity();
+            return Ok(());
+        }
+        // On a replay pingora passes the buffered body through here again: count per attempt
+        // (reset in `upstream_request_filter`) so a replayed body is not counted twice.
+        edge::body_progress(body.as_ref().map_or(0, |b| b.len()), end_of_stream);
+        if let Some(b) = body.as_ref() {
+            ctx.body_chunk(b);
+        }
+        let max = ctx
+            .route
+            .and_then(|ri| ctx.table.as_ref().and_then(|t| t.routes[ri].max_body_bytes));
+        if let Err(r) = limits::check_body_seen(ctx.body_seen as u64, max) {
+            // A body without a declared length grew over the limit: stop here; fail_to_proxy
+            // answers 413 if nothing was sent to the client yet.
+            ctx.reject = Some(r);
+            return Error::e_explain(ErrorType::HTTPStatus(r.status), r.message);
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let mut peer = ctx.choose_peer().await?;
+        if session.is_upgrade_req() {
+            // An upgraded connection's idle limit is the route's (enforced by `edge::guard`):
+            // the per-direction read timers must not close it earlier.
+            if let (Some(t), Some(ri), Some(u)) = (ctx.table.as_ref(), ctx.route, ctx.upstream) {
+                let idle = t.routes[ri].websocket_idle.max(t.upstreams[u].read_timeout);
+                session.set_read_timeout(Some(idle));
+                peer.options.read_timeout = Some(idle);
+            }
+        }
+        Ok(peer)
     }
 
     async fn upstream_request_filter(
@@ -483,41 +842,16 @@ impl ProxyHttp for Proxy {
         let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) else {
             return Ok(());
         };
-        ctx.body_bytes = 0;
-        if let Some(c) = ctx.shadow.as_mut() {
-            c.restart_body();
-        }
         let up = &table.upstreams[u];
-        // The Host the client sent, before any rewrite: a reference-counted clone.
-        let client_host = session.req_header().headers.get(header::HOST).cloned();
-        if let HostHeader::Fixed(h) = &up.host {
-            req.insert_header(header::HOST, h.as_str())?;
-        }
-        if let Some(path) = decide::rewrite_path(
-            req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            up.strip_prefix.as_deref(),
-            up.path_prefix.as_deref(),
-        ) {
-            let uri = http::Uri::try_from(path)
-                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewriting path", e))?;
-            req.set_uri(uri);
-        }
-        strip_hop_by_hop_request(req, table.proxy.override_header.as_ref());
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let xff = forwarded_for(req.headers.get(&X_FORWARDED_FOR), ip)?;
-            req.insert_header(X_FORWARDED_FOR_STR, xff)?;
-        }
-        req.insert_header(X_FORWARDED_PROTO_STR, HeaderValue::from_static("http"))?;
-        if let Some(h) = client_host {
-            req.insert_header(X_FORWARDED_HOST_STR, h)?;
-        }
-        if let Some(c) = ctx.shadow.as_mut() {
-            c.forwarded(&req.headers);
-        }
+        // Rebuilt from the client's request in one pass (see `sanitize`): the same request the
+        // fast path sends.
+        *req = sanitize::upstream_request(
+            session.req_header(),
+            up,
+            table.proxy.override_header.as_ref(),
+            client_ip(session.client_addr()),
+        )?;
+        ctx.attempt_sending(req);
         Ok(())
     }
 
@@ -527,36 +861,14 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let (Some(table), Some(u), Some(ri)) = (ctx.table.clone(), ctx.upstream, ctx.route) else {
+        if ctx.upstream.is_none() {
             return Ok(());
-        };
-        let up = &table.upstreams[u];
-        let status = resp.status.as_u16();
-        ctx.end_attempt(Some(AttemptOutcome::of_status(status)));
-        if status >= 500 && up.outlier.count_5xx {
-            up.state.record_failure(&up.outlier);
-        } else {
-            up.state.record_success();
         }
-        if status >= 500 && !ctx.forced && ctx.pos + 1 < ctx.order.len() {
-            let route = &table.routes[ri];
-            let whole = body_whole(session, ctx, route.retry_buffer_bytes);
-            if decide::may_replay(&session.req_header().method, true, whole, route) {
-                ctx.pending = Some((u, FallbackReason::Status5xx));
-                ctx.pos += 1;
-                let mut e = Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "upstream answered 5xx; trying the fallback",
-                );
-                e.set_retry(true);
-                return Err(e);
-            }
-        }
-        if status != 101 {
-            resp.remove_header(&header::CONNECTION);
-            resp.remove_header(&KEEP_ALIVE);
-            resp.remove_header(&PROXY_CONNECTION);
-        }
+        let done = session.as_mut().is_body_done();
+        let truncated = session.as_ref().retry_buffer_truncated();
+        let method = session.req_header().method.clone();
+        ctx.answered(resp.status.as_u16(), &method, (done, truncated))?;
+        strip_response_hop_by_hop(resp);
         Ok(())
     }
 
@@ -581,15 +893,7 @@ impl ProxyHttp for Proxy {
             // The body ends when the connection closes.
             session.set_keepalive(None);
         }
-        if let Some(c) = ctx.shadow.as_mut() {
-            c.primary_head(resp.status.as_u16(), &resp.headers);
-        }
-        if let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) {
-            if table.proxy.response_header {
-                resp.insert_header(UPSTREAM_HEADER, table.upstreams[u].name_header.clone())?;
-            }
-        }
-        Ok(())
+        ctx.responding(resp)
     }
 
     fn response_body_filter(
@@ -599,8 +903,8 @@ impl ProxyHttp for Proxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if let (Some(c), Some(b)) = (ctx.shadow.as_mut(), body.as_ref()) {
-            c.primary_chunk(b);
+        if let Some(b) = body.as_ref() {
+            ctx.response_chunk(b);
         }
         if ctx.upgraded.is_some() {
             edge::activity();
@@ -610,110 +914,27 @@ impl ProxyHttp for Proxy {
 
     fn fail_to_connect(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        let Some(table) = ctx.table.clone() else {
-            return e;
-        };
-        if let Some(u) = ctx.upstream {
-            let up = &table.upstreams[u];
-            up.state.record_failure(&up.outlier);
-            let reason = if matches!(e.etype(), ErrorType::ConnectTimedout) {
-                FallbackReason::Timeout
-            } else {
-                FallbackReason::ConnectError
-            };
-            ctx.end_attempt(Some(if reason == FallbackReason::Timeout {
-                AttemptOutcome::Timeout
-            } else {
-                AttemptOutcome::Error
-            }));
-            // Nothing was sent: always safe to move on, unless a tester forced this upstream.
-            let _ = session;
-            if !ctx.forced && ctx.pos + 1 < ctx.order.len() {
-                ctx.pending = Some((u, reason));
-                ctx.pos += 1;
-                e.set_retry(true);
-            } else {
-                e.set_retry(false);
-            }
-        }
-        e
+        ctx.connect_failed(e)
     }
 
     fn error_while_proxy(
         &self,
-        peer: &HttpPeer,
+        _peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!(
-            "upstream {}",
-            ctx.upstream
-                .and_then(|u| ctx.table.as_ref().map(|t| t.upstreams[u].name.clone()))
-                .unwrap_or_default()
-        ));
-        let _ = peer;
-        // Our own 5xx signal from upstream_response_filter: already decided.
-        if matches!(e.etype(), ErrorType::HTTPStatus(_))
-            && matches!(ctx.pending, Some((_, FallbackReason::Status5xx)))
-        {
-            e.set_retry(true);
-            return e;
-        }
-        let (Some(table), Some(ri), Some(u)) = (ctx.table.clone(), ctx.route, ctx.upstream) else {
-            e.set_retry(false);
-            return e;
-        };
-        let route = &table.routes[ri];
-        let kind = if *e.esource() != ErrorSource::Upstream {
-            AttemptError::Other
-        } else if matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        ) {
-            AttemptError::Timeout
-        } else if client_reused && matches!(e.retry, pingora::RetryType::ReusedOnly) {
-            AttemptError::StalePooled
-        } else {
-            AttemptError::Upstream
-        };
-        // A stale pooled connection or a client-side failure says nothing about the backend:
-        // the attempt is dropped, not counted as a failure of the upstream.
-        ctx.end_attempt(match kind {
-            AttemptError::Timeout => Some(AttemptOutcome::Timeout),
-            AttemptError::Upstream => Some(AttemptOutcome::Error),
-            AttemptError::StalePooled | AttemptError::Other => None,
-        });
         let headers_sent = session.response_written().is_some();
-        let replayable = !headers_sent && {
-            let whole = body_whole(session, ctx, route.retry_buffer_bytes);
-            decide::may_replay(&session.req_header().method, true, whole, route)
-        };
-        let can_fall_back = !ctx.forced && ctx.pos + 1 < ctx.order.len();
-        let (step, blame) = decide::after_error(kind, replayable, can_fall_back, ctx.retried_stale);
-        if blame {
-            let up = &table.upstreams[u];
-            up.state.record_failure(&up.outlier);
-        }
-        match step {
-            NextStep::Same => {
-                ctx.retried_stale = true;
-                e.set_retry(true);
-            }
-            NextStep::Fallback(reason) => {
-                ctx.pending = Some((u, reason));
-                ctx.pos += 1;
-                e.set_retry(true);
-            }
-            NextStep::GiveUp => e.set_retry(false),
-        }
-        e
+        let done = session.as_mut().is_body_done();
+        let truncated = session.as_ref().retry_buffer_truncated();
+        let method = session.req_header().method.clone();
+        ctx.attempt_failed(e, client_reused, headers_sent, &method, (done, truncated))
     }
 
     /// A request refused by a limit is the client's doing and already counted: no error line
@@ -741,35 +962,9 @@ impl ProxyHttp for Proxy {
                 can_reuse_downstream: false,
             };
         }
-        let (code, msg) = match e.etype() {
-            ErrorType::HTTPStatus(c) => (*c, "upstream error"),
-            ErrorType::ConnectTimedout => (504, "upstream connect timed out"),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => (504, "upstream timed out"),
-            ErrorType::TLSHandshakeFailure
-            | ErrorType::TLSHandshakeTimedout
-            | ErrorType::InvalidCert
-            | ErrorType::HandshakeError => (502, "upstream TLS handshake failed"),
-            ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError
-            | ErrorType::BindError
-            | ErrorType::SocketError => (502, "could not connect to upstream"),
-            _ => match e.esource() {
-                ErrorSource::Upstream => (502, "bad response from upstream"),
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
-                        (0, "")
-                    }
-                    _ => (400, "bad request"),
-                },
-                _ => (500, "internal error"),
-            },
-        };
+        let (code, msg) = failure_answer(e);
         if code > 0 {
-            let route = ctx
-                .route
-                .and_then(|ri| ctx.table.as_ref().map(|t| t.routes[ri].id.clone()));
-            let _ = respond(session, code, json_error(msg, route.as_deref()), false).await;
+            let _ = respond(session, code, failure_body(ctx, msg), false).await;
         }
         ctx.status = code;
         FailToProxy {
@@ -783,42 +978,8 @@ impl ProxyHttp for Proxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .filter(|&s| s != 0)
-            .unwrap_or(ctx.status);
-        let elapsed = ctx.start.elapsed();
-        if let (Some(c), Some(t)) = (ctx.shadow.take(), ctx.table.as_ref()) {
-            shadow::finish(c, t.clone(), elapsed, e.is_none() && ctx.status == 0);
-        }
-        let table = ctx.table.as_ref();
-        let route = ctx.route.and_then(|ri| table.map(|t| &t.routes[ri]));
-        let upstream = ctx.upstream.and_then(|u| table.map(|t| &t.upstreams[u]));
-        if let Some(r) = route {
-            if ctx.counted_inflight {
-                r.inflight.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        let stats = match (route, ctx.upstream, upstream) {
-            (Some(r), Some(ui), Some(u)) => r.stats(ui, &u.name),
-            _ => &NO_ROUTE_STATS,
-        };
-        stats.codes[code_class(status)].inc();
-        stats.duration.observe(elapsed.as_secs_f64());
-        if let Some(log) = &self.access_log {
-            let req = session.req_header();
-            let host = request_host(req);
-            log.write(&log::Entry {
-                time: log::now_rfc3339(),
-                method: req.method.as_str(),
-                host: &host,
-                path: req.uri.path(),
-                route: route.map_or("", |r| &r.id),
-                upstream: upstream.map_or("", |u| &u.name),
-                status,
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
-                table_version: table.map_or(0, |t| t.version),
-                fallback: ctx.fell_back.map(FallbackReason::as_str),
-                error: e.map(|e| e.etype().as_str().to_string()),
-            });
-        }
+            .unwrap_or(0);
+        self.finish(session.req_header(), status, e, ctx);
     }
 }
 
@@ -831,61 +992,11 @@ fn log_all_down_now() -> bool {
     LAST.swap(now, Ordering::Relaxed) != now
 }
 
-/// Whether the request body can be replayed whole within the route's `limit` (see
-/// [`decide::body_whole`]).
-fn body_whole(session: &mut Session, ctx: &Ctx, limit: usize) -> bool {
-    let b = BodyState {
-        declared: ctx.declared_body,
-        seen: ctx.body_seen,
-        done: session.as_mut().is_body_done(),
-        truncated: session.as_ref().retry_buffer_truncated(),
-    };
-    decide::body_whole(&b, limit)
-}
-
-/// Removes hop-by-hop headers, including those the `Connection` header names, keeping a
-/// WebSocket-style upgrade intact; also the override and secret headers, which are for
-/// switchyard only. Looks at each header once and removes only what is there.
-fn strip_hop_by_hop_request(req: &mut RequestHeader, override_header: Option<&HeaderName>) {
-    let mut named: Vec<HeaderName> = Vec::new();
-    let mut upgrade = false;
-    for v in req.headers.get_all(header::CONNECTION) {
-        for t in v.to_str().unwrap_or("").split(',') {
-            let t = t.trim();
-            if t.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-            } else if !t.is_empty() && !t.eq_ignore_ascii_case("close") {
-                if let Ok(h) = HeaderName::from_bytes(t.as_bytes()) {
-                    if h != header::CONTENT_LENGTH
-                        && h != header::TRANSFER_ENCODING
-                        && h != header::HOST
-                    {
-                        named.push(h);
-                    }
-                }
-            }
-        }
-    }
-    let upgrade = upgrade && req.headers.contains_key(header::UPGRADE);
-    let doomed: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| {
-            named.contains(*k)
-                || HOP_BY_HOP.contains(*k)
-                || **k == SECRET
-                || Some(*k) == override_header
-                || (!upgrade && (*k == header::CONNECTION || *k == header::UPGRADE))
-        })
-        .cloned()
-        .collect();
-    for h in &doomed {
-        req.remove_header(h);
-    }
-}
-
 /// `X-Forwarded-For` with the client appended, formatted without intermediate strings.
-fn forwarded_for(prev: Option<&HeaderValue>, ip: std::net::IpAddr) -> Result<HeaderValue> {
+pub(crate) fn forwarded_for(
+    prev: Option<&HeaderValue>,
+    ip: std::net::IpAddr,
+) -> Result<HeaderValue> {
     use std::io::Write;
     let prev = prev.map(HeaderValue::as_bytes).filter(|p| !p.is_empty());
     let mut buf = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);

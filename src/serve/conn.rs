@@ -17,6 +17,10 @@
 //! connections), connections over the caps of [`Limits`] are closed at once, and requests
 //! pipelined behind another are served in order from the bytes already buffered.
 //!
+//! With the fast engine (`serve --engine fast`, the default) each request is first offered to
+//! [`fast::Engine`]: it serves common HTTP/1.1 requests itself and hands anything else back,
+//! with the bytes it read, to pingora's `HttpProxy` on the same connection.
+//!
 //! TLS and HTTP/2 connections (not served by switchyard's listener today) are handed to
 //! pingora's own loop unchanged.
 
@@ -24,12 +28,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
 use crate::proxy::edge::{self, Slots};
+use crate::proxy::fast::{self, Served};
 use crate::proxy::limits::Limits;
 
 /// Read buffer per client connection. A request's first read fills it, so waiting for the
@@ -46,6 +52,8 @@ pub struct Connections<A> {
     /// Head deadline, body rate and connection caps (default [`Limits::default`]).
     limits: Arc<Limits>,
     slots: Arc<Slots>,
+    /// The fast path, when on: offered every plain HTTP/1.1 request first.
+    fast: Option<Arc<fast::Engine>>,
 }
 
 impl<A> Connections<A> {
@@ -54,6 +62,7 @@ impl<A> Connections<A> {
         Connections {
             app: Arc::new(app),
             idle,
+            fast: None,
             slots: Slots::new(&limits),
             limits: Arc::new(limits),
         }
@@ -64,6 +73,23 @@ impl<A> Connections<A> {
         self.slots = Slots::new(&limits);
         self.limits = Arc::new(limits);
         self
+    }
+
+    /// Serves plain HTTP/1.1 requests with `fast` first (`None`: stock only, the default of
+    /// [`Connections::new`]).
+    pub fn with_fast(mut self, fast: Option<Arc<fast::Engine>>) -> Self {
+        self.fast = fast;
+        self
+    }
+}
+
+impl<A: HttpServerApp> Connections<A> {
+    /// Whether the stock path's per-connection settings matter for the next request (a
+    /// keep-alive request limit counts down in them), so it must stay on the stock path.
+    fn keeps_state(&self) -> bool {
+        self.app
+            .server_options()
+            .is_some_and(|o| o.keepalive_request_limit.is_some())
     }
 }
 
@@ -105,11 +131,33 @@ where
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
         let mut settings: Option<HttpPersistentSettings> = None;
+        // Bytes of the next request already read (by the fast path, or past a request's end).
+        let mut read: Option<Bytes> = None;
         loop {
             // A pipelined request already read with the previous one is not waited for.
-            let pipelined = settings.as_ref().is_some_and(edge::has_pipelined_prefix);
+            let pipelined =
+                read.is_some() || settings.as_ref().is_some_and(edge::has_pipelined_prefix);
             if !pipelined && !next_request(&mut stream, self.idle, shutdown).await {
                 return None;
+            }
+            if let (Some(engine), None) = (&self.fast, &settings) {
+                let prefix = read
+                    .take()
+                    .map_or_else(BytesMut::new, |b| BytesMut::from(&b[..]));
+                // Boxed: the request's state lives only while it is served, not in every
+                // idle connection's future. Under the same watch as the stock path.
+                let served = async { Some(engine.serve(stream, prefix, shutdown).await) };
+                match Box::pin(edge::guard(served, &self.limits)).await? {
+                    Served::Again(s) => {
+                        stream = s;
+                        continue;
+                    }
+                    Served::Closed => return None,
+                    Served::Stock(s, bytes) => {
+                        stream = s;
+                        read = Some(bytes);
+                    }
+                }
             }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
@@ -124,6 +172,9 @@ where
                     );
                 }
             }
+            if let (Some(bytes), ServerSession::H1(s)) = (read.take(), &mut session) {
+                s.set_pipelined_prefix(BytesMut::from(&bytes[..]));
+            }
             if *shutdown.borrow() {
                 // Answer this request, then close: the server is going away.
                 session.set_keepalive(None);
@@ -132,7 +183,11 @@ where
             let reused = edge::guard(request, &self.limits).await?;
             let (next, s) = reused.consume();
             stream = next;
-            settings = s;
+            // Settings that carry nothing for the next request (no request limit, no
+            // pipelined bytes) let it go to the fast path again.
+            settings = s.filter(|s| {
+                self.fast.is_none() || self.keeps_state() || edge::has_pipelined_prefix(s)
+            });
         }
     }
 

@@ -68,5 +68,6 @@ pub fn run() -> anyhow::Result<()> {
         force_files: false,
         limits: super::LimitArgs::default(),
         fleet: Default::default(),
+        engine: super::Engine::Fast,
     })
 }

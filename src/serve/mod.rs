@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// Fleet mode: the table and its history in etcd, shared by every node (`--etcd`).
     #[command(flatten)]
     pub fleet: crate::fleet::FleetArgs,
+    /// Which engine serves plain HTTP/1.1 requests: `fast` (switchyard's own forwarding loop,
+    /// handing anything unusual to pingora's proxy on the same connection) or `stock`
+    /// (pingora's proxy for every request). Both make the same decisions (bench/RESULTS.md).
+    #[arg(long, value_enum, default_value_t = Engine::Fast)]
+    pub engine: Engine,
 }
 
 /// Request limits of `switchyard serve`; defaults close to nginx's (see [`Limits`]).
@@ -138,6 +143,13 @@ impl LimitArgs {
             max_connections_per_ip: self.max_connections_per_ip,
         }
     }
+}
+
+/// The engine of the plain HTTP/1.1 listener (`serve --engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Fast,
+    Stock,
 }
 
 /// Scheduler layout of the data-plane threads (`serve --scheduler`).
@@ -288,18 +300,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let limits = args.limits.limits();
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let proxy = pingora::proxy::http_proxy(
-        &server.configuration,
-        Proxy {
-            store,
-            access_log,
-            limits: Arc::new(limits.clone()),
-        },
-    );
+    let proxy_impl = Proxy {
+        store,
+        access_log,
+        limits: Arc::new(limits.clone()),
+    };
+    let fast = (args.engine == Engine::Fast).then(|| {
+        Arc::new(crate::proxy::fast::Engine::new(
+            proxy_impl.clone(),
+            &server.configuration,
+            args.idle_timeout,
+        ))
+    });
+    let proxy = pingora::proxy::http_proxy(&server.configuration, proxy_impl);
     let mut svc = pingora::services::listening::Service::new(
         "switchyard".to_string(),
         conn::Connections::new(proxy, std::time::Duration::from_secs(args.idle_timeout))
-            .with_limits(limits),
+            .with_limits(limits)
+            .with_fast(fast),
     );
     // A small read buffer per client connection instead of pingora's 64 KiB: a typical
     // request still arrives in one read, and an idle keep-alive connection holds 1 KiB.
@@ -308,7 +326,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
     );
     server.add_service(svc);
-    tracing::info!(listen = %args.listen, admin = %args.admin, threads, work_stealing = args.scheduler.work_stealing(threads), version = ledger.store().version(), "switchyard serving");
+    tracing::info!(listen = %args.listen, admin = %args.admin, threads, engine = ?args.engine, work_stealing = args.scheduler.work_stealing(threads), version = ledger.store().version(), "switchyard serving");
     // The fleet runtime must outlive the server, which ends the process.
     let _fleet_rt = fleet_rt;
     server.run_forever()

@@ -1,0 +1,430 @@
+//! The upstream request both engines send: built once from the client's request, with the
+//! framing and authority checks pingora-proxy applies around its request filters.
+//!
+//! Parts of this file are ported from pingora-proxy 0.9.1 (`src/proxy_common.rs`):
+//! `ConnectionNominations`, the standard hop-by-hop list, `set_h1_host_from_authority`,
+//! `reconcile_upstream_authority` and `finalize_h1_upstream_request_framing`.
+//!
+//! Copyright 2026 Cloudflare, Inc.
+//!
+//! Licensed under the Apache License, Version 2.0 (the "License");
+//! you may not use this file except in compliance with the License.
+//! You may obtain a copy of the License at
+//!
+//! http://www.apache.org/licenses/LICENSE-2.0
+//!
+//! Unless required by applicable law or agreed to in writing, software
+//! distributed under the License is distributed on an "AS IS" BASIS,
+//! WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+//! See the License for the specific language governing permissions and
+//! limitations under the License.
+//!
+//! The stock path runs pingora's own copies of those functions; the fast path
+//! ([`super::fast`]) runs these. Both call [`upstream_request`] for switchyard's edits, which
+//! rebuilds the header map from the client's request in one pass (single map, no case map,
+//! sized once) instead of editing a clone, so the two engines send the same bytes.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::Version;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora::{Error, ErrorType, OrErr, Result};
+
+use crate::routing::table::{HostHeader, Upstream};
+
+const MAX_CONNECTION_NOMINATIONS: usize = 10;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static SECRET: HeaderName = HeaderName::from_static(super::SECRET_HEADER);
+
+/// Whether `byte` is a `tchar` (RFC 9110 §5.6.2).
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric()
+        || matches!(
+            byte,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// Whether the request asks for a WebSocket upgrade (the only upgrade forwarded, as pingora's
+/// default `H1UpgradePolicy::WebSocketOnly`).
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    req.version == Version::HTTP_11
+        && req
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Header names the `Connection` header nominates (pingora's strict default: a malformed or
+/// protected nomination is an error, at most 9 nominations).
+struct Nominations {
+    names: [Option<HeaderName>; MAX_CONNECTION_NOMINATIONS],
+    len: usize,
+}
+
+impl Nominations {
+    fn parse(req: &RequestHeader) -> Result<Self> {
+        let mut names = std::array::from_fn(|_| None);
+        let mut len = 0;
+        let mut count = 0;
+        for token in req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|t| t.trim_ascii())
+            .filter(|t| !t.is_empty())
+        {
+            count += 1;
+            if count >= MAX_CONNECTION_NOMINATIONS {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "too many Connection header nominations",
+                );
+            }
+            if token.starts_with(b":") || !token.iter().all(|&b| is_tchar(b)) {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "invalid token nominated by the Connection header",
+                );
+            }
+            let name = HeaderName::from_bytes(token).or_err(
+                ErrorType::InvalidHTTPHeader,
+                "invalid token nominated by the Connection header",
+            )?;
+            if matches!(
+                name.as_str(),
+                "host" | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
+            ) {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "protected header cannot be nominated by the Connection header",
+                );
+            }
+            names[len] = Some(name);
+            len += 1;
+        }
+        Ok(Nominations { names, len })
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.names[..self.len]
+            .iter()
+            .any(|n| n.as_ref() == Some(name))
+    }
+}
+
+/// Headers that describe one connection, never forwarded as received (pingora's standard
+/// list plus RFC 9110 §7.6.1).
+fn hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::UPGRADE
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == HTTP2_SETTINGS
+}
+
+/// Checks the `Connection` header the way pingora's sanitising does; an error means the
+/// request cannot be forwarded (400).
+pub fn check_connection(req: &RequestHeader) -> Result<()> {
+    Nominations::parse(req).map(|_| ())
+}
+
+/// The request switchyard sends to upstream `up` for the client's request `src`: HTTP/1.1,
+/// path rewritten, hop-by-hop headers and every header `Connection` nominates dropped (a
+/// WebSocket upgrade keeps a normalised `Connection: Upgrade` / `Upgrade: websocket`), the
+/// override and secret headers dropped, `Host` fixed when the upstream sets one, and
+/// `X-Forwarded-For` / `-Proto` / `-Host` set. Runs once per attempt, on both engines.
+pub fn upstream_request(
+    src: &RequestHeader,
+    up: &Upstream,
+    override_header: Option<&HeaderName>,
+    client_ip: Option<IpAddr>,
+) -> Result<RequestHeader> {
+    let nominated = Nominations::parse(src)?;
+    let websocket = is_websocket_upgrade(src);
+    let rewritten = super::decide::rewrite_path(
+        src.uri.path_and_query().map_or("/", |p| p.as_str()),
+        up.strip_prefix.as_deref(),
+        up.path_prefix.as_deref(),
+    );
+    let target = match &rewritten {
+        Some(p) => p.as_bytes(),
+        None => src.raw_path(),
+    };
+    let mut req =
+        RequestHeader::build_no_case(src.method.clone(), target, Some(src.headers.len() + 4))?;
+    req.set_version(Version::HTTP_11);
+    let fixed_host = match &up.host {
+        HostHeader::Fixed(h) => Some(
+            HeaderValue::from_str(h)
+                .or_err(ErrorType::InvalidHTTPHeader, "upstream host header")?,
+        ),
+        _ => None,
+    };
+    let client_host = src.headers.get(header::HOST).cloned();
+    let xff = match client_ip {
+        Some(ip) => Some(super::forwarded_for(src.headers.get(&X_FORWARDED_FOR), ip)?),
+        None => None,
+    };
+    let (mut host_done, mut xff_done, mut xfp_done, mut xfh_done) = (false, false, false, false);
+    let mut last: Option<&HeaderName> = None;
+    for (name, value) in src.headers.iter() {
+        let repeat = last == Some(name);
+        last = Some(name);
+        if hop_by_hop(name)
+            || nominated.contains(name)
+            || *name == SECRET
+            || Some(name) == override_header
+        {
+            continue;
+        }
+        // A header switchyard sets replaces every value the client sent, in the place of the
+        // first one (what `insert_header` on the parsed request did).
+        if *name == header::HOST && fixed_host.is_some() {
+            if !repeat {
+                if let Some(h) = fixed_host.clone() {
+                    req.append_header(header::HOST, h)?;
+                }
+                host_done = true;
+            }
+            continue;
+        }
+        if *name == X_FORWARDED_FOR && xff.is_some() {
+            if !repeat {
+                if let Some(v) = xff.clone() {
+                    req.append_header(X_FORWARDED_FOR.clone(), v)?;
+                }
+                xff_done = true;
+            }
+            continue;
+        }
+        if *name == X_FORWARDED_PROTO {
+            if !repeat {
+                req.append_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+                xfp_done = true;
+            }
+            continue;
+        }
+        if *name == X_FORWARDED_HOST && client_host.is_some() {
+            if !repeat {
+                if let Some(h) = client_host.clone() {
+                    req.append_header(X_FORWARDED_HOST.clone(), h)?;
+                }
+                xfh_done = true;
+            }
+            continue;
+        }
+        req.append_header(name.clone(), value.clone())?;
+    }
+    if websocket {
+        req.append_header(header::CONNECTION, HeaderValue::from_static("Upgrade"))?;
+        req.append_header(header::UPGRADE, HeaderValue::from_static("websocket"))?;
+    }
+    if let (false, Some(h)) = (host_done, fixed_host) {
+        req.append_header(header::HOST, h)?;
+    }
+    if let (false, Some(v)) = (xff_done, xff) {
+        req.append_header(X_FORWARDED_FOR.clone(), v)?;
+    }
+    if !xfp_done {
+        req.append_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+    }
+    if let (false, Some(h)) = (xfh_done, client_host) {
+        req.append_header(X_FORWARDED_HOST.clone(), h)?;
+    }
+    Ok(req)
+}
+
+/// The checks pingora-proxy runs after the request filters (standard authority policy):
+/// `Host` and the target's authority reconciled, `Host` restored when the client sent one or
+/// the target names an authority, the authority validated, and a body without framing sent
+/// chunked. Errors are the proxy's own (`InvalidHTTPHeader`, source internal).
+pub fn finish_upstream_request(
+    req: &mut RequestHeader,
+    client_had_host: bool,
+    client_has_body: bool,
+) -> Result<()> {
+    reconcile_upstream_authority(req).map_err(|e| e.into_in())?;
+    let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
+    if client_had_host || req.uri.authority().is_some() || target_has_authority {
+        set_h1_host_from_authority(req).map_err(|e| e.into_in())?;
+    }
+    pingora::protocols::http::authority::validate_request_authority(req)
+        .map_err(|e| e.into_in())?;
+    if client_has_body
+        && req.headers.get(header::CONTENT_LENGTH).is_none()
+        && req.headers.get(header::TRANSFER_ENCODING).is_none()
+    {
+        req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+/// Sets `Host` from the URI or absolute-form authority (pingora's `set_h1_host_from_authority`).
+fn set_h1_host_from_authority(req: &mut RequestHeader) -> Result<()> {
+    let authority = req
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| raw_target_authority(req.raw_path()).authority());
+    let Some(authority) = authority else {
+        if req.headers.contains_key(header::HOST) {
+            return Ok(());
+        }
+        return req.insert_header(header::HOST, "");
+    };
+    if authority.contains(&b'@') {
+        return Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "userinfo in request authority",
+        );
+    }
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    if hosts.next().is_some_and(|h| h.as_bytes() == authority) && hosts.next().is_none() {
+        return Ok(());
+    }
+    let host = HeaderValue::from_bytes(authority).or_err(
+        ErrorType::InvalidHTTPHeader,
+        "invalid authority for Host header",
+    )?;
+    req.insert_header(header::HOST, host)
+}
+
+/// Applies `Host` to the outbound authority (pingora's `reconcile_upstream_authority`).
+fn reconcile_upstream_authority(req: &mut RequestHeader) -> Result<()> {
+    let Some(host) = req.headers.get(header::HOST) else {
+        return Ok(());
+    };
+    if host.as_bytes().contains(&b'@') {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "userinfo in Host header");
+    }
+    if let Some(authority) = req.uri.authority() {
+        if !req.raw_path_is_utf8() {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "non-UTF-8 path cannot be reconciled with URI authority",
+            );
+        }
+        if host.as_bytes() == authority.as_str().as_bytes() {
+            return Ok(());
+        }
+        let authority = http::uri::Authority::try_from(host.as_bytes()).or_err(
+            ErrorType::InvalidHTTPHeader,
+            "invalid Host override for authority",
+        )?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = req.uri.scheme().cloned();
+        parts.authority = Some(authority);
+        parts.path_and_query = req.uri.path_and_query().cloned();
+        let uri = http::Uri::from_parts(parts).or_err(
+            ErrorType::InvalidHTTPHeader,
+            "failed to apply Host override to URI authority",
+        )?;
+        req.set_uri(uri);
+        return Ok(());
+    }
+    match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::None | RawTargetAuthority::AmbiguousAuthority => Ok(()),
+        RawTargetAuthority::Absolute {
+            scheme,
+            authority,
+            path_and_query,
+        } => {
+            if host.as_bytes() == authority {
+                return Ok(());
+            }
+            http::uri::Authority::try_from(host.as_bytes()).or_err(
+                ErrorType::InvalidHTTPHeader,
+                "invalid Host override for authority",
+            )?;
+            let mut target =
+                Vec::with_capacity(scheme.len() + 3 + host.as_bytes().len() + path_and_query.len());
+            target.extend_from_slice(scheme);
+            target.extend_from_slice(b"://");
+            target.extend_from_slice(host.as_bytes());
+            target.extend_from_slice(path_and_query);
+            req.set_raw_path(&target)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(lines: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/a?b", None).unwrap();
+        for (n, v) in lines {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn nominations_follow_pingora() {
+        assert!(check_connection(&req(&[("connection", "close, x-a")])).is_ok());
+        assert!(check_connection(&req(&[("connection", "host")])).is_err());
+        assert!(check_connection(&req(&[("connection", "\"x-forwarded-for\"")])).is_err());
+        let many = "a,b,c,d,e,f,g,h,i,j";
+        assert!(check_connection(&req(&[("connection", many)])).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_and_nominated_are_dropped() {
+        let r = req(&[
+            ("host", "a.test"),
+            ("connection", "x-a"),
+            ("x-a", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        let up = Upstream::new(
+            "t",
+            vec!["127.0.0.1:1".into()],
+            false,
+            String::new(),
+            HostHeader::Client,
+            None,
+            None,
+            None,
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(1),
+            None,
+            Default::default(),
+        );
+        let out = upstream_request(&r, &up, None, None).unwrap();
+        let names: Vec<&str> = out.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["host", "accept", "x-forwarded-proto", "x-forwarded-host"]
+        );
+    }
+}
