@@ -172,6 +172,9 @@ impl Engine {
         // As the stock loop does before pingora reads the head.
         client.set_server_keepalive(Some(self.idle_secs));
         client.set_pipelined_prefix(BytesMut::from(&raw[..]));
+        // Bytes past this request's end (a pipelined next request) are kept for the next
+        // session, as on the stock path (`serve::conn`).
+        client.set_pipelining_enabled(true);
         match client.read_request().await {
             Ok(Some(_)) => {}
             // Unparsable: the stock path parses it again and answers as it does. (The whole
