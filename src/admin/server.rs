@@ -28,6 +28,8 @@ pub struct AdminState {
     pub tokens: Tokens,
     /// Read-only calls need no token (true when the listener is on loopback).
     pub open_reads: bool,
+    /// The TLS listener's certificates (`GET /v1/tls`); `None` without `--tls-listen`.
+    pub tls: Option<Arc<crate::serve::tls::CertStore>>,
 }
 
 impl AdminState {
@@ -39,6 +41,7 @@ impl AdminState {
             ledger,
             tokens,
             open_reads,
+            tls: None,
         }
     }
 }

@@ -48,6 +48,13 @@ pub struct Metrics {
     /// `switchyard_upstream_attempt_duration_seconds{route,upstream}`: from choosing the
     /// upstream to its response head (or the attempt's failure).
     pub attempt_duration: HistogramVec,
+    /// `switchyard_tls_cert_expiry_seconds{name}`: seconds until each loaded certificate's
+    /// `not_after` (negative once expired); refreshed on every reload and every 10 s.
+    pub tls_cert_expiry: IntGaugeVec,
+    /// `switchyard_tls_cert_reload_errors_total{name}`: certificate pairs rejected on load or
+    /// reload (unreadable, unparsable, key not matching the certificate); `name` is the pair's
+    /// file stem in the certificate directory.
+    pub tls_cert_reload_errors: IntCounterVec,
 }
 
 /// `result` label values of `switchyard_shadow_total`, indexed by `proxy::shadow::Outcome`.
@@ -214,8 +221,26 @@ impl Metrics {
             &["route", "side"],
         )
         .expect("static metric definition");
+        let tls_cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_tls_cert_expiry_seconds",
+                "Seconds until each loaded TLS certificate expires (negative once expired).",
+            ),
+            &["name"],
+        )
+        .expect("static metric definition");
+        let tls_cert_reload_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_cert_reload_errors_total",
+                "TLS certificate pairs rejected on load or reload, by certificate name.",
+            ),
+            &["name"],
+        )
+        .expect("static metric definition");
         for c in [
-            Box::new(shadow.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_cert_expiry.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_cert_reload_errors.clone()),
+            Box::new(shadow.clone()),
             Box::new(shadow_duration.clone()),
             Box::new(rejected.clone()),
             Box::new(requests.clone()),
@@ -246,6 +271,8 @@ impl Metrics {
             shadow_duration,
             attempts,
             attempt_duration,
+            tls_cert_expiry,
+            tls_cert_reload_errors,
         }
     }
 
