@@ -267,7 +267,7 @@ async fn listeners_can_be_turned_off_and_bad_certificates_refuse_to_start() {
     // Only TLS: --listen off.
     let tls: std::net::SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
-    let mut child = serve_cmd(
+    let _child = Killed(serve_cmd(
         routes.path(),
         &[
             "--listen",
@@ -281,11 +281,9 @@ async fn listeners_can_be_turned_off_and_bad_certificates_refuse_to_start() {
         ],
     )
     .spawn()
-    .unwrap();
+    .unwrap());
     wait_port(tls).await;
     assert_eq!(https1(tls, "a.test", "/x").await.unwrap().status, 200);
-    let _ = child.kill();
-    let _ = child.wait();
 
     // No listener at all, an unknown default and a bad pair: refused with the reason.
     for (args, want) in [
@@ -559,6 +557,16 @@ async fn h2c_with_prior_knowledge_runs_the_same_scenarios_beside_http1() {
     assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
 }
 
+/// A child process killed when dropped (a failed assertion must not leave a server running).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One load client's tally.
 #[derive(Default)]
 struct Tally {
@@ -599,11 +607,11 @@ async fn graceful_upgrade_under_load_fails_no_request() {
         c.args(extra).stderr(Stdio::inherit());
         c.spawn().unwrap()
     };
-    let mut old = spawn(&[]);
+    let mut old = Killed(spawn(&[]));
     for a in [plain, tls, admin] {
         wait_port(a).await;
     }
-    let old_pid = old.id();
+    let old_pid = old.0.id();
 
     // Keep-alive clients, new-connection clients (plain and TLS) and an h2 client.
     let stop = Arc::new(AtomicBool::new(false));
@@ -650,7 +658,7 @@ async fn graceful_upgrade_under_load_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The new process waits for the sockets; SIGQUIT makes the old one hand them over.
-    let mut new = spawn(&["--upgrade"]);
+    let mut new = Killed(spawn(&["--upgrade"]));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = Command::new("kill")
         .args(["-QUIT", &old_pid.to_string()])
@@ -658,7 +666,7 @@ async fn graceful_upgrade_under_load_fails_no_request() {
     // The old process exits once its requests are done (5 s hand-over window, 1 s grace).
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(s) = old.try_wait().unwrap() {
+        if let Some(s) = old.0.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "the old process did not exit");
@@ -680,7 +688,7 @@ async fn graceful_upgrade_under_load_fails_no_request() {
     assert!(errors.is_empty(), "failed requests: {errors:#?}");
 
     // The new process serves everything: data plane, TLS, admin (with the history it took over).
-    assert!(new.try_wait().unwrap().is_none(), "the new process is running");
+    assert!(new.0.try_wait().unwrap().is_none(), "the new process is running");
     assert_eq!(get(&format!("http://{plain}/after")).await.status, 200);
     assert_eq!(https1(tls, "a.test", "/after").await.unwrap().status, 200);
     let h = get(&format!("http://{admin}/healthz")).await;
@@ -689,6 +697,4 @@ async fn graceful_upgrade_under_load_fails_no_request() {
         get(&format!("http://{admin}/v1/tls")).await.json()["certificates"][0]["name"],
         "site"
     );
-    let _ = new.kill();
-    let _ = new.wait();
 }

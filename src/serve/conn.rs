@@ -10,10 +10,10 @@
 //! request while holding only the connection itself, and enters the request future once there
 //! is something to read. The byte is read through the connection's small read buffer and
 //! put back, so a request costs no extra system call. Idle connections close after the
-//! keep-alive timeout, and at once when the server begins to shut down. Measured: 38 KB →
+//! keep-alive timeout, and [`DRAIN`] after the server begins to shut down. Measured: 38 KB →
 //! 15 KB per idle connection; what is left is mostly pingora's listener task (bench/RESULTS.md).
 //!
-//! TLS and HTTP/2 connections (not served by switchyard's listener today) are handed to
+//! TLS connections (the `--tls-listen` listener) and h2c (`--h2c`) are handed to
 //! pingora's own loop unchanged.
 
 use std::sync::Arc;
@@ -47,22 +47,35 @@ impl<A> Connections<A> {
     }
 }
 
+/// How long an idle keep-alive connection may still send its next request once a graceful stop
+/// or upgrade has begun; that request is answered with `Connection: close`. A client in the
+/// middle of a series of requests sends the next one within microseconds, so it gets a clean
+/// close instead of racing the server's close (a request written just as the connection
+/// closes fails, and HTTP/1.1 clients do not retry it). Idle clients close after it.
+pub const DRAIN: Duration = Duration::from_millis(200);
+
 /// Waits until the client sends the next request's first byte. False when the connection
-/// closed, failed, stayed idle for `idle`, or the server is shutting down. The byte stays in
-/// the stream for pingora to read.
+/// closed, failed, stayed idle for `idle`, or the server is shutting down and nothing came
+/// within [`DRAIN`]. The byte stays in the stream for pingora to read.
 async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> bool {
-    if *shutdown.borrow() {
-        return false;
-    }
     let mut shutdown = shutdown.clone();
     let mut first = [0u8; 1];
-    let peek = pingora::time::fast_timeout::fast_timeout(idle, stream.try_peek(&mut first));
-    tokio::select! {
-        biased;
-        // Ok(false): this stream cannot peek; pingora's own read waits instead.
-        r = peek => matches!(r, Ok(Ok(_))),
-        _ = shutdown.changed() => false,
+    let stopping = *shutdown.borrow();
+    let wait = if stopping { DRAIN.min(idle) } else { idle };
+    let peek = pingora::time::fast_timeout::fast_timeout(wait, stream.try_peek(&mut first));
+    let mut peek = std::pin::pin!(peek);
+    if !stopping {
+        tokio::select! {
+            biased;
+            // Ok(false): this stream cannot peek; pingora's own read waits instead.
+            r = &mut peek => return matches!(r, Ok(Ok(_))),
+            _ = shutdown.changed() => {}
+        }
     }
+    matches!(
+        tokio::time::timeout(DRAIN, peek).await,
+        Ok(Ok(Ok(_)))
+    )
 }
 
 #[async_trait]
