@@ -168,8 +168,12 @@ async fn broken_pair_is_rejected_and_the_previous_certificate_keeps_serving() {
 
     // Expiry: metric and API agree with the certificate (10 days from now).
     let m = metrics(&p).await;
-    let left = metric_with(&m, "switchyard_tls_cert_expiry_seconds", &[("name", "site")])
-        .expect("expiry metric");
+    let left = metric_with(
+        &m,
+        "switchyard_tls_cert_expiry_seconds",
+        &[("name", "site")],
+    )
+    .expect("expiry metric");
     let ten_days = 10.0 * 86400.0;
     assert!(
         left <= ten_days && left > ten_days - 120.0,
@@ -193,16 +197,20 @@ async fn broken_pair_is_rejected_and_the_previous_certificate_keeps_serving() {
     // A certificate whose key is not the one on disk: rejected, logged, counted.
     let other = pair("other", &["a.test"], 30);
     write_atomic(&certs.path().join("site.crt"), &other.cert_pem);
-    wait_until(Duration::from_secs(5), "the reload error metric", || async {
-        let m = metrics(&p).await;
-        metric_with(
-            &m,
-            "switchyard_tls_cert_reload_errors_total",
-            &[("name", "site")],
-        )
-        .unwrap_or(0.0)
-            >= 1.0
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the reload error metric",
+        || async {
+            let m = metrics(&p).await;
+            metric_with(
+                &m,
+                "switchyard_tls_cert_reload_errors_total",
+                &[("name", "site")],
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        },
+    )
     .await;
     let c = get(&p.admin_url("/v1/tls")).await.json()["certificates"][0].clone();
     let err = c["last_error"].as_str().expect("last_error").to_string();
@@ -216,7 +224,10 @@ async fn broken_pair_is_rejected_and_the_previous_certificate_keeps_serving() {
     assert_eq!(https1(tls, "a.test", "/still").await.unwrap().status, 200);
 
     // Garbage in the certificate file: the same.
-    write_atomic(&certs.path().join("site.crt"), "-----BEGIN CERTIFICATE-----\nnope\n");
+    write_atomic(
+        &certs.path().join("site.crt"),
+        "-----BEGIN CERTIFICATE-----\nnope\n",
+    );
     wait_until(Duration::from_secs(5), "a second reload error", || async {
         let m = metrics(&p).await;
         metric_with(
@@ -267,21 +278,23 @@ async fn listeners_can_be_turned_off_and_bad_certificates_refuse_to_start() {
     // Only TLS: --listen off.
     let tls: std::net::SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
-    let _child = Killed(serve_cmd(
-        routes.path(),
-        &[
-            "--listen",
-            "off",
-            "--admin",
-            &admin.to_string(),
-            "--tls-listen",
-            &tls.to_string(),
-            "--tls-certs",
-            &certs.path().display().to_string(),
-        ],
-    )
-    .spawn()
-    .unwrap());
+    let _child = Killed(
+        serve_cmd(
+            routes.path(),
+            &[
+                "--listen",
+                "off",
+                "--admin",
+                &admin.to_string(),
+                "--tls-listen",
+                &tls.to_string(),
+                "--tls-certs",
+                &certs.path().display().to_string(),
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
     wait_port(tls).await;
     assert_eq!(https1(tls, "a.test", "/x").await.unwrap().status, 200);
 
@@ -289,12 +302,7 @@ async fn listeners_can_be_turned_off_and_bad_certificates_refuse_to_start() {
     for (args, want) in [
         (vec!["--listen", "off"], "no data-plane listener"),
         (
-            vec![
-                "--tls-listen",
-                "127.0.0.1:1",
-                "--tls-default-cert",
-                "nope",
-            ],
+            vec!["--tls-listen", "127.0.0.1:1", "--tls-default-cert", "nope"],
             "nope",
         ),
     ] {
@@ -508,7 +516,14 @@ async fn h2_over_tls_runs_the_canary_fallback_and_hold_scenarios() {
 
     // curl negotiates h2 through ALPN.
     let out = Command::new("curl")
-        .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
         .arg("--resolve")
         .arg(format!("a.test:{}:127.0.0.1", tls.port()))
         .arg(format!("https://a.test:{}/user/1", tls.port()))
@@ -550,7 +565,14 @@ async fn h2c_with_prior_knowledge_runs_the_same_scenarios_beside_http1() {
     // Without --h2c the plain listener speaks HTTP/1.1 only.
     let p2 = Proxy::start(routes.path()).await;
     let out = Command::new("curl")
-        .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
         .arg(p2.url("/user/1"))
         .output()
         .unwrap();
@@ -616,7 +638,7 @@ async fn graceful_upgrade_under_load_fails_no_request() {
     // Keep-alive clients, new-connection clients (plain and TLS) and an h2 client.
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
-    for kind in 0..5 {
+    for kind in 0..6 {
         let stop = stop.clone();
         load.push(tokio::spawn(async move {
             let mut t = Tally::default();
@@ -627,6 +649,28 @@ async fn graceful_upgrade_under_load_fails_no_request() {
                     0 | 1 => send(&keep, "GET", &url, &[], Bytes::new()).await,
                     2 => send(&client(), "GET", &url, &[], Bytes::new()).await,
                     3 => https1(tls, "a.test", "/t").await,
+                    5 => {
+                        // HTTP/1.1 keep-alive over TLS: requests on one connection until the
+                        // server ends it, then a new connection.
+                        let mut c = match Https1::connect(tls, "a.test").await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                t.errors.push(format!("client {kind}: connect: {e}"));
+                                continue;
+                            }
+                        };
+                        while !stop.load(Ordering::SeqCst) && c.usable().await {
+                            match c.get("/tk").await {
+                                Ok(r) if r.status == 200 => t.ok += 1,
+                                other => {
+                                    t.errors
+                                        .push(format!("client {kind} (TLS keep-alive): {other:?}"));
+                                    break;
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     _ => {
                         // 20 requests per h2 connection, then a new one.
                         // A connection that got GOAWAY sends nothing more: the next request
@@ -688,7 +732,10 @@ async fn graceful_upgrade_under_load_fails_no_request() {
     assert!(errors.is_empty(), "failed requests: {errors:#?}");
 
     // The new process serves everything: data plane, TLS, admin (with the history it took over).
-    assert!(new.0.try_wait().unwrap().is_none(), "the new process is running");
+    assert!(
+        new.0.try_wait().unwrap().is_none(),
+        "the new process is running"
+    );
     assert_eq!(get(&format!("http://{plain}/after")).await.status, 200);
     assert_eq!(https1(tls, "a.test", "/after").await.unwrap().status, 200);
     let h = get(&format!("http://{admin}/healthz")).await;

@@ -72,10 +72,7 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
             _ = shutdown.changed() => {}
         }
     }
-    matches!(
-        tokio::time::timeout(DRAIN, peek).await,
-        Ok(Ok(Ok(_)))
-    )
+    matches!(tokio::time::timeout(DRAIN, peek).await, Ok(Ok(Ok(_))))
 }
 
 #[async_trait]
@@ -120,7 +117,12 @@ where
         }
     }
 
+    /// Runs once the listeners stopped accepting (graceful stop or upgrade). pingora's own
+    /// HTTP/1.1 loop (TLS connections) aborts requests parked waiting for their next request
+    /// when `http_cleanup` runs; their clients get [`DRAIN`] first, as plain connections do in
+    /// `next_request`.
     async fn cleanup(&self) {
+        tokio::time::sleep(DRAIN).await;
         self.app.http_cleanup().await;
     }
 }

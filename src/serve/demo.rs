@@ -84,7 +84,10 @@ pub fn run(demo: DemoArgs) -> anyhow::Result<()> {
         state: None,
         admin_token_file: None,
         force_files: false,
-        tls_listen: demo.tls_certs.as_ref().map(|_| "127.0.0.1:8443".to_string()),
+        tls_listen: demo
+            .tls_certs
+            .as_ref()
+            .map(|_| "127.0.0.1:8443".to_string()),
         tls_certs: demo.tls_certs.clone(),
         tls_default_cert: None,
         h2c: false,

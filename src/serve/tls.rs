@@ -33,15 +33,9 @@ fn rfc3339(unix: i64) -> Option<String> {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("certificate directory {path}: {error}")]
-    Dir {
-        path: String,
-        error: std::io::Error,
-    },
+    Dir { path: String, error: std::io::Error },
     #[error("{path}: {error}")]
-    Read {
-        path: String,
-        error: std::io::Error,
-    },
+    Read { path: String, error: std::io::Error },
     #[error("{path}: no PEM certificate in the file")]
     NoCertificate { path: String },
     #[error("{path}: no PEM private key in the file")]
@@ -99,7 +93,9 @@ impl CertSet {
             for san in &c.sans {
                 match san.strip_prefix("*.") {
                     Some(parent) => {
-                        wildcard.entry(parent.to_string()).or_insert_with(|| c.clone());
+                        wildcard
+                            .entry(parent.to_string())
+                            .or_insert_with(|| c.clone());
                     }
                     None => {
                         exact.entry(san.clone()).or_insert_with(|| c.clone());
@@ -346,9 +342,10 @@ impl CertStore {
             };
             match result {
                 Ok(c) => {
-                    let unchanged = old.certs.get(name).is_some_and(|o| {
-                        o.key.cert == c.key.cert && o.crt_path == c.crt_path
-                    });
+                    let unchanged = old
+                        .certs
+                        .get(name)
+                        .is_some_and(|o| o.key.cert == c.key.cert && o.crt_path == c.crt_path);
                     if !unchanged {
                         tracing::info!(cert = %name, file = %crt.display(), sans = ?c.sans, not_after = c.not_after, "TLS certificate loaded");
                     }
@@ -489,9 +486,10 @@ pub async fn watch(store: Arc<CertStore>) {
     let watch_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            let pair_file = ev.paths.iter().any(|p| {
-                p.extension().is_some_and(|e| e == "crt" || e == "key")
-            });
+            let pair_file = ev
+                .paths
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "crt" || e == "key"));
             if !ev.kind.is_access() && pair_file {
                 let _ = watch_tx.try_send("changed");
             }
@@ -537,7 +535,13 @@ pub async fn watch(store: Arc<CertStore>) {
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.reload()).await {
             Ok(Ok(r)) => {
-                tracing::info!(how, loaded = r.loaded.len(), rejected = r.rejected.len(), removed = r.removed.len(), "TLS certificates reloaded")
+                tracing::info!(
+                    how,
+                    loaded = r.loaded.len(),
+                    rejected = r.rejected.len(),
+                    removed = r.removed.len(),
+                    "TLS certificates reloaded"
+                )
             }
             Ok(Err(e)) => {
                 tracing::error!(how, error = %e, "TLS certificates not reloaded; the current ones keep serving")

@@ -60,10 +60,7 @@ pub async fn handing_over(mut phases: tokio::sync::broadcast::Receiver<Execution
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
     #[error("starting the new binary {path}: {error}")]
-    Spawn {
-        path: String,
-        error: std::io::Error,
-    },
+    Spawn { path: String, error: std::io::Error },
     #[error("no program path in this process's arguments")]
     NoProgram,
 }
@@ -87,8 +84,9 @@ pub fn successor_args() -> Result<Vec<std::ffi::OsString>, UpgradeError> {
 /// process SIGQUIT, so the new one takes the sockets over and this one drains and exits. A
 /// failure to start the new binary is logged and this process keeps serving.
 pub async fn on_sigusr2() {
-    let mut usr2 = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
-    {
+    let mut usr2 = match tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::user_defined2(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGUSR2; binary upgrades need `serve --upgrade` by hand");
@@ -105,9 +103,15 @@ pub async fn on_sigusr2() {
         };
         let program = args[0].clone();
         tracing::info!(program = %program.to_string_lossy(), "SIGUSR2: starting the new binary to take over");
-        match std::process::Command::new(&program).args(&args[1..]).spawn() {
+        match std::process::Command::new(&program)
+            .args(&args[1..])
+            .spawn()
+        {
             Ok(child) => {
-                tracing::info!(pid = child.id(), "new process started; handing over the sockets");
+                tracing::info!(
+                    pid = child.id(),
+                    "new process started; handing over the sockets"
+                );
                 // pingora's SIGQUIT: send the listening sockets, drain, exit.
                 // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
                 unsafe {

@@ -372,3 +372,38 @@ pub async fn first_record(addr: SocketAddr, hello: &[u8]) -> Option<(u8, u8)> {
         t => Some((t, *body.first()?)),
     }
 }
+
+/// An HTTP/1.1 keep-alive connection over TLS.
+pub struct Https1 {
+    tx: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Https1 {
+    pub async fn connect(addr: SocketAddr, host: &str) -> Result<Https1, String> {
+        let s = tls_connect(addr, Some(host), &[b"http/1.1"]).await?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Https1 {
+            tx,
+            host: host.to_string(),
+        })
+    }
+
+    /// False once the connection takes no more requests (the server answered with
+    /// `Connection: close`, or closed it while idle).
+    pub async fn usable(&mut self) -> bool {
+        self.tx.ready().await.is_ok()
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Resp, String> {
+        let r = self
+            .tx
+            .send_request(request("GET", path, Some(&self.host), &[], Bytes::new()))
+            .await
+            .map_err(|e| e.to_string())?;
+        into_resp(r).await
+    }
+}
