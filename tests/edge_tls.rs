@@ -745,3 +745,75 @@ async fn graceful_upgrade_under_load_fails_no_request() {
         "site"
     );
 }
+
+/// The pid of the process listening on `addr` (from `ss`).
+fn listener_pid(addr: std::net::SocketAddr) -> Option<u32> {
+    let out = Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{}", addr.port())])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("pid=")? + 4;
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_the_same_binary_which_takes_over() {
+    let o = Origin::start("legacy").await;
+    let routes = routes_dir(&catch_all(&o));
+    let work = tempfile::tempdir().unwrap();
+    let sock = work.path().join("upgrade.sock").display().to_string();
+    let plain: std::net::SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", reserve_port()).parse().unwrap();
+    let (plain_s, admin_s) = (plain.to_string(), admin.to_string());
+    let mut old = Killed(
+        serve_cmd(
+            routes.path(),
+            &[
+                "--listen",
+                &plain_s,
+                "--admin",
+                &admin_s,
+                "--upgrade-sock",
+                &sock,
+            ],
+        )
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap(),
+    );
+    wait_port(plain).await;
+    wait_port(admin).await;
+    let old_pid = old.0.id();
+    let _ = Command::new("kill")
+        .args(["-USR2", &old_pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while old.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        // Requests keep being answered meanwhile, by one process or the other.
+        assert_eq!(get(&format!("http://{plain}/during")).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new_pid = listener_pid(plain).expect("a process listens after the upgrade");
+    // Kill the successor at the end whatever happens (it is not this test's child).
+    struct KillPid(u32);
+    impl Drop for KillPid {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg(self.0.to_string()).status();
+        }
+    }
+    let _successor = KillPid(new_pid);
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(get(&format!("http://{plain}/after")).await.status, 200);
+    wait_until(Duration::from_secs(10), "the admin port", || async {
+        listener_pid(admin) == Some(new_pid)
+    })
+    .await;
+    let cmdline = std::fs::read_to_string(format!("/proc/{new_pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("--upgrade"), "{cmdline:?}");
+}
