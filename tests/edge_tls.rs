@@ -362,13 +362,25 @@ fn scenario_routes(legacy: &Origin, new: &Origin, failing: &Origin) -> String {
 }
 
 /// The canary, fallback, hold and metrics scenarios over one h2 connection.
-async fn h2_scenarios(p: &Proxy, h2: &H2, legacy: &Origin, new: &Origin, failing: &Origin) {
+async fn h2_scenarios(
+    p: &Proxy,
+    h2: &H2,
+    proto: &str,
+    legacy: &Origin,
+    new: &Origin,
+    failing: &Origin,
+) {
     // Routing by :authority and by path; unmatched is 404.
     let r = h2
         .send("GET", "/anything", Some("shop.example.com"), &[], "")
         .await
         .unwrap();
     assert_eq!((r.status, r.origin()), (200, "new"), "{}", r.body);
+    // The origin sees a Host, and X-Forwarded-Host/-Proto as over HTTP/1.1.
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["host"], "shop.example.com", "{seen}");
+    assert_eq!(seen["x-forwarded-host"], "shop.example.com", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], proto, "{seen}");
     assert_eq!(h2.get("/user/7").await.origin(), "new");
     assert_eq!(h2.get("/legacy/1").await.origin(), "legacy");
     assert_eq!(h2.get("/nothing").await.status, 404);
@@ -512,7 +524,9 @@ async fn h2_over_tls_runs_the_canary_fallback_and_hold_scenarios() {
     )
     .await;
     let h2 = H2::tls(tls, "a.test").await;
-    h2_scenarios(&p, &h2, &legacy, &new, &failing).await;
+    h2_scenarios(&p, &h2, "https", &legacy, &new, &failing).await;
+    let r = https1(tls, "a.test", "/legacy/x").await.unwrap();
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
 
     // curl negotiates h2 through ALPN.
     let out = Command::new("curl")
@@ -546,7 +560,7 @@ async fn h2c_with_prior_knowledge_runs_the_same_scenarios_beside_http1() {
     )
     .await;
     let h2 = H2::h2c(p.addr, "a.test").await;
-    h2_scenarios(&p, &h2, &legacy, &new, &failing).await;
+    h2_scenarios(&p, &h2, "http", &legacy, &new, &failing).await;
     // HTTP/1.1 clients still work on the same listener.
     assert_eq!(get(&p.url("/user/1")).await.origin(), "new");
     let out = Command::new("curl")

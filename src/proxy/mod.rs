@@ -420,7 +420,18 @@ impl ProxyHttp for Proxy {
         }
         let up = &table.upstreams[u];
         // The Host the client sent, before any rewrite: a reference-counted clone.
-        let client_host = session.req_header().headers.get(header::HOST).cloned();
+        // Over HTTP/2 there is no Host header: the `:authority` stands for it.
+        let client_host = session
+            .req_header()
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| {
+                let a = session.req_header().uri.authority()?;
+                HeaderValue::from_str(a.as_str()).ok()
+            });
+        // TLS-terminated here (the `--tls-listen` listener) or not.
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         if let HostHeader::Fixed(h) = &up.host {
             req.insert_header(header::HOST, h.as_str())?;
         }
@@ -442,7 +453,8 @@ impl ProxyHttp for Proxy {
             let xff = forwarded_for(req.headers.get(&X_FORWARDED_FOR), ip)?;
             req.insert_header(X_FORWARDED_FOR_STR, xff)?;
         }
-        req.insert_header(X_FORWARDED_PROTO_STR, HeaderValue::from_static("http"))?;
+        let proto = if tls { "https" } else { "http" };
+        req.insert_header(X_FORWARDED_PROTO_STR, HeaderValue::from_static(proto))?;
         if let Some(h) = client_host {
             req.insert_header(X_FORWARDED_HOST_STR, h)?;
         }
