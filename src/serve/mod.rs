@@ -268,8 +268,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     if let (Some(addr), Some(certs)) = (&args.tls_listen, &certs) {
+        // The same small socket read buffer: rustls reads whole records into its own buffer,
+        // and a read larger than this one bypasses it.
         svc.add_listener(
-            pingora::listeners::ListenerConfig::tcp(addr).tls(tls::settings(certs, true)?),
+            pingora::listeners::ListenerConfig::tcp(addr)
+                .tls(tls::settings(certs, true)?)
+                .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
         );
     }
     server.add_service(svc);
