@@ -205,6 +205,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     admin_listener.set_nonblocking(true)?;
     let control_ledger = ledger.clone();
     let control_certs = certs.clone();
+    let control_sock = upgrade_sock.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -237,7 +238,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 if let Some(c) = control_certs {
                     tokio::spawn(tls::watch(c));
                 }
-                tokio::spawn(upgrade::on_sigusr2());
+                tokio::spawn(upgrade::on_sigusr2(control_sock));
                 tokio::select! {
                     _ = reload::watch(control_ledger) => {}
                     _ = upgrade::handing_over(phases) => {}

@@ -79,11 +79,20 @@ pub fn successor_args() -> Result<Vec<std::ffi::OsString>, UpgradeError> {
     Ok(args)
 }
 
+/// Identity of the hand-over socket file, to tell a new one from a stale one.
+fn sock_identity(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.mtime(), m.mtime_nsec()))
+}
+
 /// On SIGUSR2 (`systemctl kill -s USR2 --kill-who=main switchyard`): starts the binary at
-/// this process's program path with the same arguments plus `--upgrade`, then sends this
-/// process SIGQUIT, so the new one takes the sockets over and this one drains and exits. A
-/// failure to start the new binary is logged and this process keeps serving.
-pub async fn on_sigusr2() {
+/// this process's program path with the same arguments plus `--upgrade`, waits until it
+/// listens on the hand-over socket `sock` (up to 10 s), then sends this process SIGQUIT, so
+/// the new one takes the sockets over and this one drains and exits. When the new binary does
+/// not start, exits, or never listens, that is logged (and a lingering one killed) and this
+/// process keeps serving.
+pub async fn on_sigusr2(sock: PathBuf) {
     let mut usr2 = match tokio::signal::unix::signal(
         tokio::signal::unix::SignalKind::user_defined2(),
     ) {
@@ -103,29 +112,50 @@ pub async fn on_sigusr2() {
         };
         let program = args[0].clone();
         tracing::info!(program = %program.to_string_lossy(), "SIGUSR2: starting the new binary to take over");
-        match std::process::Command::new(&program)
+        let stale = sock_identity(&sock);
+        let mut child = match std::process::Command::new(&program)
             .args(&args[1..])
             .spawn()
         {
-            Ok(child) => {
-                tracing::info!(
-                    pid = child.id(),
-                    "new process started; handing over the sockets"
-                );
-                // pingora's SIGQUIT: send the listening sockets, drain, exit.
-                // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
-                unsafe {
-                    libc::kill(libc::getpid(), libc::SIGQUIT);
-                }
-                return;
-            }
+            Ok(c) => c,
             Err(error) => {
                 let e = UpgradeError::Spawn {
                     path: program.to_string_lossy().into_owned(),
                     error,
                 };
                 tracing::error!(error = %e, "SIGUSR2: upgrade not started; this process keeps serving");
+                continue;
             }
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ready = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                tracing::error!(pid = child.id(), %status, "SIGUSR2: the new process exited before taking over; this process keeps serving");
+                break false;
+            }
+            let now = sock_identity(&sock);
+            if now.is_some() && now != stale {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                tracing::error!(pid = child.id(), sock = %sock.display(), "SIGUSR2: the new process never listened on the hand-over socket; stopped it, this process keeps serving");
+                let _ = child.kill();
+                let _ = child.wait();
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if ready {
+            tracing::info!(
+                pid = child.id(),
+                "new process waiting; handing over the sockets"
+            );
+            // pingora's SIGQUIT: send the listening sockets, drain, exit.
+            // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGQUIT);
+            }
+            return;
         }
     }
 }

@@ -189,6 +189,11 @@ pub async fn https1(addr: SocketAddr, host: &str, path: &str) -> Result<Resp, St
     into_resp(r).await
 }
 
+/// Prefix of an [`H2::send`] error for a request hyper canceled before sending it (the
+/// connection was closing): safe to send again on a new connection, as hyper's own pooled
+/// client does.
+pub const CANCELED: &str = "canceled before sending: ";
+
 /// An HTTP/2 connection (over TLS with ALPN h2, or h2c with prior knowledge); requests are
 /// multiplexed on it.
 #[derive(Clone)]
@@ -246,7 +251,13 @@ impl H2 {
         let r = tx
             .send_request(request(method, &uri, None, headers, body.into()))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                if e.is_canceled() {
+                    format!("{CANCELED}{e}")
+                } else {
+                    e.to_string()
+                }
+            })?;
         into_resp(r).await
     }
 
