@@ -576,6 +576,18 @@ async fn h2c_with_prior_knowledge_runs_the_same_scenarios_beside_http1() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    // An idle h2 connection closes after --idle-timeout, as an HTTP/1.1 one does.
+    let p3 = Proxy::start_with(routes.path(), &["--h2c", "--idle-timeout", "1"]).await;
+    let h2 = H2::h2c(p3.addr, "a.test").await;
+    assert_eq!(h2.get("/user/1").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h2.usable().await, "closed before the idle timeout");
+    wait_until(
+        Duration::from_secs(5),
+        "the idle h2 connection to close",
+        || async { !h2.usable().await },
+    )
+    .await;
     // Without --h2c the plain listener speaks HTTP/1.1 only.
     let p2 = Proxy::start(routes.path()).await;
     let out = Command::new("curl")

@@ -251,11 +251,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         })?;
 
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, Proxy { store, access_log });
-    if args.h2c {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        proxy.server_options = Some(options);
-    }
+    // An idle HTTP/2 connection (no open stream) closes after the same keep-alive timeout as
+    // an HTTP/1.1 one (pingora's default: never).
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = args.h2c;
+    options.h2_idle_timeout = Some(std::time::Duration::from_secs(args.idle_timeout));
+    proxy.server_options = Some(options);
     let mut svc = pingora::services::listening::Service::new(
         "switchyard".to_string(),
         conn::Connections::new(proxy, std::time::Duration::from_secs(args.idle_timeout)),
