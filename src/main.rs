@@ -32,7 +32,7 @@ enum Command {
     /// Compile route files and print every error and warning; exit 1 on errors.
     Check(switchyard::cli::CheckArgs),
     /// Run a self-contained demo: two origins and the proxy on loopback.
-    Demo,
+    Demo(switchyard::serve::demo::DemoArgs),
     #[command(flatten)]
     Admin(switchyard::cli::admin::AdminCommand),
     #[command(flatten)]
@@ -57,8 +57,8 @@ fn main() -> ExitCode {
             Ok(()) => exit(switchyard::serve::run(args)),
             Err(code) => code,
         },
-        Command::Demo => match init_tracing() {
-            Ok(()) => exit(switchyard::serve::demo::run()),
+        Command::Demo(args) => match init_tracing() {
+            Ok(()) => exit(switchyard::serve::demo::run(args)),
             Err(code) => code,
         },
         Command::Admin(cmd) => switchyard::cli::admin::run(&cmd),

@@ -275,6 +275,7 @@ fn authenticate_known(state: &AdminState, call: &Call, rest: &[&str]) -> Result<
             | ["stats"]
             | ["series"]
             | ["traffic"]
+            | ["tls"]
             | ["plans", _]
             | ["plans", _, "abort" | "approve"]
             | ["fleet"]
@@ -388,6 +389,16 @@ async fn v1(state: &Arc<AdminState>, call: &mut Call, rest: &[&str]) -> Result<R
         ["traffic"] => {
             only(&m, &Method::GET, "GET")?;
             get_traffic(call)
+        }
+        ["tls"] => {
+            only(&m, &Method::GET, "GET")?;
+            let view = match &state.tls {
+                Some(certs) => certs.view(),
+                None => super::types::TlsView::default(),
+            };
+            serde_json::to_value(view)
+                .map(ok)
+                .map_err(|e| ApiError::Internal(e.to_string()))
         }
         // Migration plans: handlers in super::plans.
         ["plans"] => {

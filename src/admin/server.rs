@@ -30,6 +30,8 @@ pub struct AdminState {
     pub open_reads: bool,
     /// Fleet mode (`serve --etcd`): this node of the fleet.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The TLS listener's certificates (`GET /v1/tls`); `None` without `--tls-listen`.
+    pub tls: Option<Arc<crate::serve::tls::CertStore>>,
 }
 
 impl AdminState {
@@ -42,6 +44,7 @@ impl AdminState {
             tokens,
             open_reads,
             fleet: None,
+            tls: None,
         }
     }
 

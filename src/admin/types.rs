@@ -365,3 +365,48 @@ pub struct PushRequest {
     #[serde(default)]
     pub force: bool,
 }
+
+/// `GET /v1/tls`: the TLS listener's certificates (`enabled: false` and no certificates
+/// without `--tls-listen`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TlsView {
+    pub enabled: bool,
+    /// The certificate directory (`--tls-certs`).
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// The pair served without SNI or when no SAN matches.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Every pair seen in the directory, by name.
+    pub certificates: Vec<TlsCertView>,
+}
+
+/// One certificate pair of `GET /v1/tls`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TlsCertView {
+    /// The file stem (`example` for `example.crt` + `example.key`).
+    pub name: String,
+    /// Whether a certificate of this name is serving (false when its first load failed).
+    pub serving: bool,
+    /// The serving leaf's subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The serving leaf's DNS SANs, matched against SNI.
+    pub sans: Vec<String>,
+    /// The serving leaf's `notAfter` (RFC 3339) and Unix seconds.
+    #[serde(default)]
+    pub not_after: Option<String>,
+    #[serde(default)]
+    pub not_after_unix: Option<i64>,
+    /// Seconds until `not_after` (negative once expired).
+    #[serde(default)]
+    pub seconds_left: Option<i64>,
+    pub crt_file: String,
+    pub key_file: String,
+    /// The last reload's error for this pair; the previous certificate keeps serving meanwhile.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When that error was seen (RFC 3339).
+    #[serde(default)]
+    pub last_error_at: Option<String>,
+}

@@ -70,6 +70,13 @@ pub struct Metrics {
     /// watch stopped; `reason` is `cancelled` (by etcd, e.g. its revision was compacted),
     /// `ended` or `error` (etcd unreachable, or an error answer).
     pub fleet_resyncs: IntCounterVec,
+    /// `switchyard_tls_cert_expiry_seconds{name}`: seconds until each loaded certificate's
+    /// `not_after` (negative once expired); refreshed on every reload and every 10 s.
+    pub tls_cert_expiry: IntGaugeVec,
+    /// `switchyard_tls_cert_reload_errors_total{name}`: certificate pairs rejected on load or
+    /// reload (unreadable, unparsable, key not matching the certificate); `name` is the pair's
+    /// file stem in the certificate directory.
+    pub tls_cert_reload_errors: IntCounterVec,
 }
 
 /// `result` label values of `switchyard_shadow_total`, indexed by `proxy::shadow::Outcome`.
@@ -290,8 +297,26 @@ impl Metrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let tls_cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_tls_cert_expiry_seconds",
+                "Seconds until each loaded TLS certificate expires (negative once expired).",
+            ),
+            &["name"],
+        )
+        .expect("static metric definition");
+        let tls_cert_reload_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_cert_reload_errors_total",
+                "TLS certificate pairs rejected on load or reload, by certificate name.",
+            ),
+            &["name"],
+        )
+        .expect("static metric definition");
         for c in [
-            Box::new(fleet_nodes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_cert_expiry.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_cert_reload_errors.clone()),
+            Box::new(fleet_nodes.clone()),
             Box::new(fleet_resyncs.clone()),
             Box::new(fleet_converged.clone()),
             Box::new(fleet_version_lag.clone()),
@@ -338,6 +363,8 @@ impl Metrics {
             fleet_etcd_up,
             fleet_propagation,
             fleet_resyncs,
+            tls_cert_expiry,
+            tls_cert_reload_errors,
         }
     }
 

@@ -349,12 +349,14 @@ impl Engine {
                     "no upstream chosen",
                 )));
             };
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
             let client = session.req_header();
             let mut req = sanitize::upstream_request(
                 client,
                 &table.upstreams[u],
                 table.proxy.override_header.as_ref(),
                 ip,
+                tls,
             )
             .map_err(Attempt::Failed)?;
             sanitize::finish_upstream_request(

@@ -845,11 +845,14 @@ impl ProxyHttp for Proxy {
         let up = &table.upstreams[u];
         // Rebuilt from the client's request in one pass (see `sanitize`): the same request the
         // fast path sends.
+        // TLS-terminated here (the `--tls-listen` listener) or not.
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         *req = sanitize::upstream_request(
             session.req_header(),
             up,
             table.proxy.override_header.as_ref(),
             client_ip(session.client_addr()),
+            tls,
         )?;
         ctx.attempt_sending(req);
         Ok(())

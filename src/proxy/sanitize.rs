@@ -160,13 +160,17 @@ pub fn check_connection(req: &RequestHeader) -> Result<()> {
 /// path rewritten, hop-by-hop headers and every header `Connection` nominates dropped (a
 /// WebSocket upgrade keeps a normalised `Connection: Upgrade` / `Upgrade: websocket`), the
 /// override and secret headers dropped, `Host` fixed when the upstream sets one, and
-/// `X-Forwarded-For` / `-Proto` / `-Host` set. Runs once per attempt, on both engines.
+/// `X-Forwarded-For` / `-Proto` (`https` when the client connection is TLS-terminated here,
+/// `tls`) / `-Host` (over HTTP/2 from the `:authority`) set. Runs once per attempt, on both
+/// engines.
 pub fn upstream_request(
     src: &RequestHeader,
     up: &Upstream,
     override_header: Option<&HeaderName>,
     client_ip: Option<IpAddr>,
+    tls: bool,
 ) -> Result<RequestHeader> {
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
     let nominated = Nominations::parse(src)?;
     let websocket = is_websocket_upgrade(src);
     let rewritten = super::decide::rewrite_path(
@@ -188,7 +192,10 @@ pub fn upstream_request(
         ),
         _ => None,
     };
-    let client_host = src.headers.get(header::HOST).cloned();
+    let client_host = src.headers.get(header::HOST).cloned().or_else(|| {
+        let a = src.uri.authority()?;
+        HeaderValue::from_str(a.as_str()).ok()
+    });
     let xff = match client_ip {
         Some(ip) => Some(super::forwarded_for(src.headers.get(&X_FORWARDED_FOR), ip)?),
         None => None,
@@ -227,7 +234,7 @@ pub fn upstream_request(
         }
         if *name == X_FORWARDED_PROTO {
             if !repeat {
-                req.append_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+                req.append_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
                 xfp_done = true;
             }
             continue;
@@ -254,7 +261,7 @@ pub fn upstream_request(
         req.append_header(X_FORWARDED_FOR.clone(), v)?;
     }
     if !xfp_done {
-        req.append_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+        req.append_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
     }
     if let (false, Some(h)) = (xfh_done, client_host) {
         req.append_header(X_FORWARDED_HOST.clone(), h)?;
@@ -420,7 +427,7 @@ mod tests {
             None,
             Default::default(),
         );
-        let out = upstream_request(&r, &up, None, None).unwrap();
+        let out = upstream_request(&r, &up, None, None, false).unwrap();
         let names: Vec<&str> = out.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,

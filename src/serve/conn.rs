@@ -10,7 +10,7 @@
 //! request while holding only the connection itself, and enters the request future once there
 //! is something to read. The byte is read through the connection's small read buffer and
 //! put back, so a request costs no extra system call. Idle connections close after the
-//! keep-alive timeout, and at once when the server begins to shut down. Measured: 38 KB →
+//! keep-alive timeout, and [`DRAIN`] after the server begins to shut down. Measured: 38 KB →
 //! 15 KB per idle connection; what is left is mostly pingora's listener task (bench/RESULTS.md).
 //!
 //! Each request runs under [`edge::guard`] (whole-head deadline, body rate, idle upgraded
@@ -21,8 +21,9 @@
 //! [`fast::Engine`]: it serves common HTTP/1.1 requests itself and hands anything else back,
 //! with the bytes it read, to pingora's `HttpProxy` on the same connection.
 //!
-//! TLS and HTTP/2 connections (not served by switchyard's listener today) are handed to
-//! pingora's own loop unchanged.
+//! TLS connections (the `--tls-listen` listener) and h2c (`--h2c`) are handed to pingora's own
+//! loop unchanged: the connection caps apply to them, the head deadline, body rate and the fast
+//! path do not yet.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,22 +94,32 @@ impl<A: HttpServerApp> Connections<A> {
     }
 }
 
+/// How long an idle keep-alive connection may still send its next request once a graceful stop
+/// or upgrade has begun; that request is answered with `Connection: close`. A client in the
+/// middle of a series of requests sends the next one within microseconds, so it gets a clean
+/// close instead of racing the server's close (a request written just as the connection
+/// closes fails, and HTTP/1.1 clients do not retry it). Idle clients close after it.
+pub const DRAIN: Duration = Duration::from_millis(200);
+
 /// Waits until the client sends the next request's first byte. False when the connection
-/// closed, failed, stayed idle for `idle`, or the server is shutting down. The byte stays in
-/// the stream for pingora to read.
+/// closed, failed, stayed idle for `idle`, or the server is shutting down and nothing came
+/// within [`DRAIN`]. The byte stays in the stream for pingora to read.
 async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> bool {
-    if *shutdown.borrow() {
-        return false;
-    }
     let mut shutdown = shutdown.clone();
     let mut first = [0u8; 1];
-    let peek = pingora::time::fast_timeout::fast_timeout(idle, stream.try_peek(&mut first));
-    tokio::select! {
-        biased;
-        // Ok(false): this stream cannot peek; pingora's own read waits instead.
-        r = peek => matches!(r, Ok(Ok(_))),
-        _ = shutdown.changed() => false,
+    let stopping = *shutdown.borrow();
+    let wait = if stopping { DRAIN.min(idle) } else { idle };
+    let peek = pingora::time::fast_timeout::fast_timeout(wait, stream.try_peek(&mut first));
+    let mut peek = std::pin::pin!(peek);
+    if !stopping {
+        tokio::select! {
+            biased;
+            // Ok(false): this stream cannot peek; pingora's own read waits instead.
+            r = &mut peek => return matches!(r, Ok(Ok(_))),
+            _ = shutdown.changed() => {}
+        }
     }
+    matches!(tokio::time::timeout(DRAIN, peek).await, Ok(Ok(Ok(_))))
 }
 
 #[async_trait]
@@ -191,7 +202,12 @@ where
         }
     }
 
+    /// Runs once the listeners stopped accepting (graceful stop or upgrade). pingora's own
+    /// HTTP/1.1 loop (TLS connections) aborts requests parked waiting for their next request
+    /// when `http_cleanup` runs; their clients get [`DRAIN`] first, as plain connections do in
+    /// `next_request`.
     async fn cleanup(&self) {
+        tokio::time::sleep(DRAIN).await;
         self.app.http_cleanup().await;
     }
 }

@@ -10,8 +10,17 @@ use super::ServeArgs;
 /// The demo route table, embedded so the demo runs from anywhere.
 pub const DEMO_ROUTES: &str = include_str!("../../routes/demo.toml");
 
+/// Options of `switchyard demo`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DemoArgs {
+    /// Also serve HTTPS (and HTTP/2) on 127.0.0.1:8443 with the `NAME.crt` + `NAME.key` pairs in
+    /// this directory (`deploy/demo` generates a self-signed one for localhost).
+    #[arg(long)]
+    pub tls_certs: Option<std::path::PathBuf>,
+}
+
 /// Starts both origins and serves the demo table until interrupted.
-pub fn run() -> anyhow::Result<()> {
+pub fn run(demo: DemoArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let routes = dir.join("demo.toml");
@@ -44,7 +53,7 @@ pub fn run() -> anyhow::Result<()> {
          \x20 legacy origin  http://127.0.0.1:8081\n\
          \x20 new origin     http://127.0.0.1:8082\n\
          \x20 proxy          http://127.0.0.1:8080   (routes: {routes})\n\
-         \x20 admin          http://127.0.0.1:9090   (dashboard; changes need SWITCHYARD_ADMIN_TOKEN)\n\n\
+         \x20 admin          http://127.0.0.1:9090   (dashboard; changes need SWITCHYARD_ADMIN_TOKEN)\n{tls}\n\
          Try:\n\
          \x20 curl -s localhost:8080/static/logo.png              # -> legacy\n\
          \x20 curl -s localhost:8080/api/orders/7                 # -> new\n\
@@ -53,7 +62,16 @@ pub fn run() -> anyhow::Result<()> {
          \x20 curl -s localhost:8080/nothing-here                 # catch-all -> legacy\n\
          \x20 curl -s localhost:9090/metrics | grep switchyard_requests_total\n\
          Edit {routes} and save: the proxy reloads it.\n",
-        routes = routes.display()
+        routes = routes.display(),
+        tls = match &demo.tls_certs {
+            Some(d) => format!(
+                "\x20 proxy (TLS)    https://localhost:8443      (certificates: {}; HTTP/2 by ALPN)\n\
+                 \x20 try: curl -sk --http2 https://localhost:8443/api/orders/7 -w ' %{{http_version}}\\n'\n\
+                 \x20      curl -s localhost:9090/v1/tls\n",
+                d.display()
+            ),
+            None => String::new(),
+        }
     );
     super::run(ServeArgs {
         routes,
@@ -69,5 +87,14 @@ pub fn run() -> anyhow::Result<()> {
         limits: super::LimitArgs::default(),
         fleet: Default::default(),
         engine: super::Engine::Fast,
+        tls_listen: demo
+            .tls_certs
+            .as_ref()
+            .map(|_| "127.0.0.1:8443".to_string()),
+        tls_certs: demo.tls_certs.clone(),
+        tls_default_cert: None,
+        h2c: false,
+        upgrade: false,
+        upgrade_sock: None,
     })
 }

@@ -6,6 +6,8 @@ pub mod demo;
 pub mod logging;
 pub mod origin;
 pub mod reload;
+pub mod tls;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +28,8 @@ pub struct ServeArgs {
     /// Route file or directory of `*.toml` route files (read in file-name order).
     #[arg(long)]
     pub routes: PathBuf,
-    /// Data-plane listen address.
+    /// Data-plane listen address (plain HTTP/1.1; `off` for none, e.g. with only
+    /// `--tls-listen`).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// Admin API listen address. A non-loopback address needs an admin token.
@@ -72,6 +75,33 @@ pub struct ServeArgs {
     /// (pingora's proxy for every request). Both make the same decisions (bench/RESULTS.md).
     #[arg(long, value_enum, default_value_t = Engine::Fast)]
     pub engine: Engine,
+    /// TLS listen address of the data plane (HTTP/2 and HTTP/1.1 by ALPN); needs `--tls-certs`.
+    /// Default: no TLS listener.
+    #[arg(long, requires = "tls_certs")]
+    pub tls_listen: Option<String>,
+    /// Directory of `NAME.crt` (PEM chain, leaf first) + `NAME.key` (PEM key) pairs; the
+    /// certificate for a connection is chosen by SNI against each certificate's DNS SANs.
+    /// Re-read when its files change and on SIGHUP.
+    #[arg(long, requires = "tls_listen")]
+    pub tls_certs: Option<PathBuf>,
+    /// The pair (`NAME`) served to clients without SNI or with a name no certificate covers
+    /// (default: the first pair by name).
+    #[arg(long, requires = "tls_certs")]
+    pub tls_default_cert: Option<String>,
+    /// Accept prior-knowledge HTTP/2 in clear text (h2c) on `--listen`, beside HTTP/1.1.
+    #[arg(long)]
+    pub h2c: bool,
+    /// Take over the listening sockets of a running switchyard (a graceful upgrade): wait for
+    /// its sockets on `--upgrade-sock`, then send that process SIGQUIT. It hands them over,
+    /// keeps serving its in-flight requests and exits; the admin port and the state directory
+    /// follow as soon as it lets them go.
+    #[arg(long)]
+    pub upgrade: bool,
+    /// Unix socket over which listening sockets are handed to a new process on upgrade; old
+    /// and new process must agree. Default: `upgrade.sock` in `--state`, else
+    /// /tmp/switchyard-upgrade.sock.
+    #[arg(long)]
+    pub upgrade_sock: Option<PathBuf>,
 }
 
 /// Request limits of `switchyard serve`; defaults close to nginx's (see [`Limits`]).
@@ -175,7 +205,8 @@ impl Scheduler {
 }
 
 /// Runs the proxy until the process is told to stop. Refuses to start when the route files do
-/// not compile (every error printed).
+/// not compile (every error printed), when a TLS certificate pair is bad, or with no
+/// data-plane listener. With `--upgrade`, first takes over the sockets of the running process.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let env_token = std::env::var(TOKEN_ENV).ok();
     let tokens = Tokens::load(env_token.as_deref(), args.admin_token_file.as_deref())
@@ -192,6 +223,50 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "no admin token: the admin API is read-only (set {TOKEN_ENV} or --admin-token-file)"
         );
     }
+    let plain_listen = match args.listen.as_str() {
+        "off" | "" => None,
+        a => Some(a.to_string()),
+    };
+    if plain_listen.is_none() && args.tls_listen.is_none() {
+        return Err(anyhow!(
+            "no data-plane listener: --listen off needs --tls-listen ADDR --tls-certs DIR"
+        ));
+    }
+    let certs = match &args.tls_certs {
+        Some(dir) => Some(
+            tls::CertStore::open(dir, args.tls_default_cert.as_deref())
+                .context("loading TLS certificates")?,
+        ),
+        None => None,
+    };
+
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let upgrade_sock = upgrade::sock_path(args.upgrade_sock.as_deref(), args.state.as_deref());
+    let conf = ServerConf {
+        threads,
+        upstream_keepalive_pool_size: 4096,
+        work_stealing: args.scheduler.work_stealing(threads),
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upgrade_sock: upgrade_sock.display().to_string(),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: args.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if args.upgrade {
+        tracing::info!(sock = %upgrade_sock.display(), "upgrade: waiting for the running switchyard's listening sockets (send it SIGQUIT)");
+    }
+    // With --upgrade: receives the old process's listening sockets (exits when none come).
+    server.bootstrap();
+    let phases = server.watch_execution_phase();
+
     // Fleet mode: etcd calls run on a runtime of their own, which lives as long as the process.
     let fleet_rt = if args.fleet.etcd.is_empty() {
         None
@@ -220,8 +295,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             f.last_known(),
         ),
         None => {
+            // With --upgrade the old process lets the state directory go when it starts
+            // handing over; until then it is busy.
             let history = match &args.state {
-                Some(dir) => History::open(dir).context("opening the state directory")?,
+                Some(dir) => upgrade::retry(args.upgrade, || History::open(dir))
+                    .context("opening the state directory")?,
                 None => History::in_memory().context("creating the in-memory history")?,
             };
             Ledger::start(history, args.routes.clone(), args.force_files)
@@ -244,12 +322,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         t => Some(AccessLog::start(t).with_context(|| format!("opening access log {t}"))?),
     };
 
-    // The control side (admin API, file watcher, health checks) runs on its own runtime so
+    // The control side (admin API, file watchers, health checks) runs on its own runtime so
     // it never competes with, or waits on, the data plane's workers.
-    let admin_listener = std::net::TcpListener::bind(args.admin)
+    let admin_listener = upgrade::retry(args.upgrade, || std::net::TcpListener::bind(args.admin))
         .with_context(|| format!("binding admin listener {}", args.admin))?;
     admin_listener.set_nonblocking(true)?;
     let control_ledger = ledger.clone();
+    let control_certs = certs.clone();
+    let control_sock = upgrade_sock.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -272,34 +352,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                         std::process::exit(1);
                     }
                 };
-                let state = Arc::new(
-                    AdminState::new(control_ledger.clone(), tokens, loopback).with_fleet(fleet),
-                );
-                tokio::spawn(crate::admin::serve(listener, state));
+                let mut state =
+                    AdminState::new(control_ledger.clone(), tokens, loopback).with_fleet(fleet);
+                state.tls = control_certs.clone();
+                tokio::spawn(crate::admin::serve(listener, Arc::new(state)));
                 tokio::spawn(crate::health::active::supervise(
                     control_ledger.store().clone(),
                 ));
                 tokio::spawn(crate::metrics::series::run(control_ledger.store().clone()));
-                reload::watch(control_ledger).await;
+                if let Some(c) = control_certs {
+                    tokio::spawn(tls::watch(c));
+                }
+                tokio::spawn(upgrade::on_sigusr2(control_sock));
+                tokio::select! {
+                    _ = reload::watch(control_ledger) => {}
+                    _ = upgrade::handing_over(phases) => {}
+                }
             });
+            // Only reached when a new process takes over: stopping the control runtime closes
+            // the admin listener and drops the last handle on the history database.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            tracing::info!("upgrade: admin listener closed and state directory released for the new process; the data plane finishes its requests");
         })?;
 
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let conf = ServerConf {
-        threads,
-        upstream_keepalive_pool_size: 4096,
-        work_stealing: args.scheduler.work_stealing(threads),
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(5),
-        ..ServerConf::default()
-    };
     let limits = args.limits.limits();
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    server.bootstrap();
     let proxy_impl = Proxy {
         store,
         access_log,
@@ -312,21 +388,42 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.idle_timeout,
         ))
     });
-    let proxy = pingora::proxy::http_proxy(&server.configuration, proxy_impl);
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, proxy_impl);
+    // An idle HTTP/2 connection (no open stream) closes after the same keep-alive timeout as
+    // an HTTP/1.1 one (pingora's default: never).
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = args.h2c;
+    options.h2_idle_timeout = Some(std::time::Duration::from_secs(args.idle_timeout));
+    proxy.server_options = Some(options);
     let mut svc = pingora::services::listening::Service::new(
         "switchyard".to_string(),
         conn::Connections::new(proxy, std::time::Duration::from_secs(args.idle_timeout))
             .with_limits(limits)
             .with_fast(fast),
     );
-    // A small read buffer per client connection instead of pingora's 64 KiB: a typical
-    // request still arrives in one read, and an idle keep-alive connection holds 1 KiB.
-    svc.add_listener(
-        pingora::listeners::ListenerConfig::tcp(&args.listen)
-            .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
-    );
+    if let Some(addr) = &plain_listen {
+        // A small read buffer per client connection instead of pingora's 64 KiB: a typical
+        // request still arrives in one read, and an idle keep-alive connection holds 1 KiB.
+        svc.add_listener(
+            pingora::listeners::ListenerConfig::tcp(addr)
+                .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
+        );
+    }
+    if let (Some(addr), Some(certs)) = (&args.tls_listen, &certs) {
+        // The same small socket read buffer: rustls reads whole records into its own buffer,
+        // and a read larger than this one bypasses it.
+        svc.add_listener(
+            pingora::listeners::ListenerConfig::tcp(addr)
+                .tls(tls::settings(certs, true)?)
+                .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
+        );
+    }
     server.add_service(svc);
-    tracing::info!(listen = %args.listen, admin = %args.admin, threads, engine = ?args.engine, work_stealing = args.scheduler.work_stealing(threads), version = ledger.store().version(), "switchyard serving");
+    tracing::info!(listen = ?plain_listen, tls_listen = ?args.tls_listen, h2c = args.h2c, admin = %args.admin, threads, engine = ?args.engine, work_stealing = args.scheduler.work_stealing(threads), version = ledger.store().version(), upgraded = args.upgrade, "switchyard serving");
+    // The control thread holds the ledger from here on; when it stops (upgrade), the history
+    // database closes.
+    drop(ledger);
+    upgrade::notify_systemd_ready();
     // The fleet runtime must outlive the server, which ends the process.
     let _fleet_rt = fleet_rt;
     server.run_forever()
