@@ -254,8 +254,19 @@ pub fn upstream_request(
         req.append_header(header::CONNECTION, HeaderValue::from_static("Upgrade"))?;
         req.append_header(header::UPGRADE, HeaderValue::from_static("websocket"))?;
     }
-    if let (false, Some(h)) = (host_done, fixed_host) {
-        req.append_header(header::HOST, h)?;
+    match (host_done, fixed_host) {
+        (false, Some(h)) => {
+            req.append_header(header::HOST, h)?;
+        }
+        // HTTP/2 has no Host header: the `:authority` stands for it (RFC 9113 §8.3.1).
+        (false, None) if !src.headers.contains_key(header::HOST) => {
+            if let Some(a) = src.uri.authority() {
+                let h = HeaderValue::from_str(a.as_str())
+                    .or_err(ErrorType::InvalidHTTPHeader, "request authority")?;
+                req.append_header(header::HOST, h)?;
+            }
+        }
+        _ => {}
     }
     if let (false, Some(v)) = (xff_done, xff) {
         req.append_header(X_FORWARDED_FOR.clone(), v)?;
