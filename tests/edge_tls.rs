@@ -855,3 +855,75 @@ async fn sigusr2_starts_the_same_binary_which_takes_over() {
     let cmdline = std::fs::read_to_string(format!("/proc/{new_pid}/cmdline")).unwrap();
     assert!(cmdline.contains("--upgrade"), "{cmdline:?}");
 }
+
+/// Reads from `s` until the peer closes or `limit` passes; the bytes read, and whether it
+/// closed.
+async fn read_until_close(
+    s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_gets_the_head_deadline_and_pipelining() {
+    use tokio::io::AsyncWriteExt;
+    let o = Origin::start("legacy").await;
+    let routes = routes_dir(&catch_all(&o));
+    let certs = tempfile::tempdir().unwrap();
+    install(certs.path(), "site", &pair("site", &["site.test"], 30));
+    let (p, tls) = start_tls(routes.path(), certs.path(), &["--head-timeout", "1"], &[]).await;
+
+    // Two requests in one write over TLS: both answered, in order, over the same connection;
+    // the origin hears X-Forwarded-Proto https.
+    let mut s = tls_connect(tls, Some("site.test"), &[b"http/1.1"])
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: site.test\r\n\r\nGET /two HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (got, closed) = read_until_close(&mut s, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed, "Connection: close ends the connection: {text}");
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let (one, two) = (text.find("/one").unwrap(), text.find("/two").unwrap());
+    assert!(one < two, "answered in order: {text}");
+    assert!(text.contains(r#""x-forwarded-proto":"https""#), "{text}");
+
+    // A head that never ends is closed at the deadline (1 s here), not kept open.
+    let before = metric_with(
+        &metrics(&p).await,
+        "switchyard_rejected_total",
+        &[("reason", "head_timeout")],
+    )
+    .unwrap_or(0.0);
+    let mut slow = tls_connect(tls, Some("site.test"), &[b"http/1.1"])
+        .await
+        .unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: site.test\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until_close(&mut slow, Duration::from_secs(8)).await;
+    assert!(closed, "a slow head over TLS stays open past its deadline");
+    assert!(got.is_empty(), "no answer to an unfinished head: {got:?}");
+    let after = metric_with(
+        &metrics(&p).await,
+        "switchyard_rejected_total",
+        &[("reason", "head_timeout")],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(after, before + 1.0);
+}

@@ -21,9 +21,10 @@
 //! [`fast::Engine`]: it serves common HTTP/1.1 requests itself and hands anything else back,
 //! with the bytes it read, to pingora's `HttpProxy` on the same connection.
 //!
-//! TLS connections (the `--tls-listen` listener) and h2c (`--h2c`) are handed to pingora's own
-//! loop unchanged: the connection caps apply to them, the head deadline, body rate and the fast
-//! path do not yet.
+//! HTTP/1.1 over TLS (the `--tls-listen` listener) runs in the same loop: a TLS stream cannot
+//! peek, so its wait for the next request reads the first bytes into a `READ_BUFFER` buffer and
+//! hands them on ([`next_request`]). HTTP/2 (ALPN `h2`, or
+//! `--h2c`) goes to pingora's own loop unchanged; the connection caps apply to it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +33,9 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
 
 use crate::proxy::edge::{self, Slots};
 use crate::proxy::fast::{self, Served};
@@ -101,25 +103,53 @@ impl<A: HttpServerApp> Connections<A> {
 /// closes fails, and HTTP/1.1 clients do not retry it). Idle clients close after it.
 pub const DRAIN: Duration = Duration::from_millis(200);
 
-/// Waits until the client sends the next request's first byte. False when the connection
-/// closed, failed, stayed idle for `idle`, or the server is shutting down and nothing came
-/// within [`DRAIN`]. The byte stays in the stream for pingora to read.
-async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> bool {
+/// Waits until the client sends the next request's first byte: [`Next::Stop`] when the
+/// connection closed, failed, stayed idle for `idle`, or the server is shutting down and
+/// nothing came within [`DRAIN`]. On a plain stream the byte stays in the stream for the
+/// request's reader; a TLS stream cannot peek, so its first bytes are read and returned.
+async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> Next {
     let mut shutdown = shutdown.clone();
-    let mut first = [0u8; 1];
     let stopping = *shutdown.borrow();
     let wait = if stopping { DRAIN.min(idle) } else { idle };
-    let peek = pingora::time::fast_timeout::fast_timeout(wait, stream.try_peek(&mut first));
+    let arrived = async {
+        let mut first = [0u8; 1];
+        if stream.try_peek(&mut first).await? {
+            return Ok(Next::Ready);
+        }
+        // A TLS stream cannot peek: the first bytes are read and handed on as read.
+        let mut buf = BytesMut::with_capacity(READ_BUFFER);
+        match stream.read_buf(&mut buf).await? {
+            0 => Ok(Next::Stop),
+            _ => Ok(Next::Read(buf.freeze())),
+        }
+    };
+    let peek = pingora::time::fast_timeout::fast_timeout(wait, arrived);
     let mut peek = std::pin::pin!(peek);
+    let settle = |r: Result<std::io::Result<Next>, _>| match r {
+        Ok(Ok(n)) => n,
+        _ => Next::Stop,
+    };
     if !stopping {
         tokio::select! {
             biased;
-            // Ok(false): this stream cannot peek; pingora's own read waits instead.
-            r = &mut peek => return matches!(r, Ok(Ok(_))),
+            r = &mut peek => return settle(r),
             _ = shutdown.changed() => {}
         }
     }
-    matches!(tokio::time::timeout(DRAIN, peek).await, Ok(Ok(Ok(_))))
+    match tokio::time::timeout(DRAIN, peek).await {
+        Ok(r) => settle(r),
+        Err(_) => Next::Stop,
+    }
+}
+
+/// What came while a connection waited for its next request.
+enum Next {
+    /// Bytes are there to read (peeked, still in the stream).
+    Ready,
+    /// The first bytes of the request, read (streams that cannot peek: TLS).
+    Read(Bytes),
+    /// Closed, failed, idle too long, or the server is stopping.
+    Stop,
 }
 
 #[async_trait]
@@ -138,7 +168,9 @@ where
         // Over a cap: closed before anything is read; the client may retry.
         let _slot = self.slots.acquire(ip).ok()?;
         let h2c = self.app.server_options().is_some_and(|o| o.h2c);
-        if h2c || stream.get_ssl_digest().is_some() {
+        // HTTP/2 (by ALPN over TLS, or h2c) is pingora's own loop; HTTP/1.1 over TLS is served
+        // here like plain HTTP/1.1.
+        if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
         let mut settings: Option<HttpPersistentSettings> = None;
@@ -148,8 +180,12 @@ where
             // A pipelined request already read with the previous one is not waited for.
             let pipelined =
                 read.is_some() || settings.as_ref().is_some_and(edge::has_pipelined_prefix);
-            if !pipelined && !next_request(&mut stream, self.idle, shutdown).await {
-                return None;
+            if !pipelined {
+                match next_request(&mut stream, self.idle, shutdown).await {
+                    Next::Ready => {}
+                    Next::Read(b) => read = Some(b),
+                    Next::Stop => return None,
+                }
             }
             if let (Some(engine), None) = (&self.fast, &settings) {
                 let prefix = read
