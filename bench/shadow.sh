@@ -25,7 +25,8 @@ threads=${PROXY_THREADS:-1}
 slow_ms=${SLOW_MS:-500}
 max_inflight=${MAX_INFLIGHT:-128}
 
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 command -v wrk >/dev/null || die "wrk missing (apt-get install wrk)"
 command -v curl >/dev/null || die "curl missing (apt-get install curl)"
 command -v python3 >/dev/null || die "python3 missing"
@@ -42,39 +43,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  die "nothing listening on $1"
-}
-
 start_nginx() { # name port
   local name=$1 port=$2 dir=$work/nginx-$1
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log crit;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
-  uwsgi_temp_path $dir; scgi_temp_path $dir;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$port reuseport;
-    location / { return 200 "hello\n"; }
-  }
-}
-EOF
+  nginx_origin_conf "$dir" "$port" 'return 200 "hello\n";'
   "$nginx" -c "$dir/nginx.conf" -p "$dir" >/dev/null 2>&1 &
   pids+=("$!")
 }

@@ -20,7 +20,8 @@ conns=${CONNS:-32}
 rounds=${ROUNDS:-2}
 threads=${PROXY_THREADS:-1}
 
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 command -v wrk >/dev/null || die "wrk missing (apt-get install wrk)"
 command -v curl >/dev/null || die "curl missing (apt-get install curl)"
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
@@ -37,40 +38,10 @@ cleanup() {
 trap cleanup EXIT
 [ -n "${KEEP_LOG:-}" ] && trap 'cp "$work/proxy.log" "$KEEP_LOG"; cleanup' EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  die "nothing listening on $1"
-}
-
 # One nginx process per origin (master_process off: SIGKILL really closes every socket).
 start_origin() { # name port -> pid on stdout
   local name=$1 port=$2 dir=$work/nginx-$1
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log crit;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
-  uwsgi_temp_path $dir; scgi_temp_path $dir;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$port reuseport;
-    location / { add_header x-origin $name; return 200 "$name\n"; }
-  }
-}
-EOF
+  nginx_origin_conf "$dir" "$port" "add_header x-origin $name; return 200 \"$name\\n\";"
   "$nginx" -c "$dir/nginx.conf" -p "$dir" >/dev/null 2>&1 &
   echo $!
 }

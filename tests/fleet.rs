@@ -539,23 +539,7 @@ async fn a_node_restarted_after_compaction_converges() {
         assert_eq!(r.status, 200, "change {i}: {}", r.body);
     }
     // Compact past every revision C saw.
-    let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-        .await
-        .unwrap();
-    let rev = client
-        .get("/sy/version", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    client
-        .compact(
-            rev,
-            Some(etcd_client::CompactionOptions::new().with_physical()),
-        )
-        .await
-        .unwrap();
+    etcd.compact_all().await;
     nodes[2].restart().await;
     let (a, c) = (&nodes[0], &nodes[2]);
     until("c to converge after compaction", 20, || async {
@@ -680,23 +664,7 @@ async fn a_watch_cancelled_by_compaction_reads_everything_again() {
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-        .await
-        .unwrap();
-    let rev = client
-        .get("/sy/version", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    client
-        .compact(
-            rev,
-            Some(etcd_client::CompactionOptions::new().with_physical()),
-        )
-        .await
-        .unwrap();
+    etcd.compact_all().await;
     signal("-CONT");
     until("c to converge", 30, || async { c.version().await == 401 }).await;
     until("c's watch to be cancelled and replaced", 30, || async {

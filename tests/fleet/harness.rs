@@ -128,6 +128,28 @@ pub fn tls_files(dir: &Path) {
 }
 
 impl Etcd {
+    /// Compacts etcd's history up to its current revision (physically): a watch from an older
+    /// revision is then cancelled.
+    pub async fn compact_all(&self) {
+        let mut client = etcd_client::Client::connect([self.url.as_str()], None)
+            .await
+            .unwrap();
+        let rev = client
+            .get("/", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        client
+            .compact(
+                rev,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Starts etcd on free loopback ports with a new data directory.
     pub fn start() -> Etcd {
         Self::start_args(|_, _| {})
