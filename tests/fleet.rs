@@ -148,19 +148,15 @@ async fn a_change_through_one_node_is_served_by_all() {
     assert_eq!(statuses, [200, 409], "{} / {}", r1.body, r2.body);
 
     // Rollback through C (with the CLI's --wait-fleet) reaches A and B.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "rollback",
-            "users",
-            "--reason",
-            "fleet test",
-            "--wait-fleet=10s",
-            "--admin",
-            &format!("http://{}", c.proxy.admin),
-        ])
-        .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
-        .output()
-        .unwrap();
+    let out = cli(&[
+        "rollback",
+        "users",
+        "--reason",
+        "fleet test",
+        "--wait-fleet=10s",
+        "--admin",
+        &format!("http://{}", c.proxy.admin),
+    ]);
     // users went to `new` without fallback above: give it one first, then roll back.
     assert!(!out.status.success(), "no fallback: refused");
     let r = c
@@ -172,19 +168,15 @@ async fn a_change_through_one_node_is_served_by_all() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "rollback",
-            "users",
-            "--reason",
-            "fleet test",
-            "--wait-fleet=10s",
-            "--admin",
-            &format!("http://{}", c.proxy.admin),
-        ])
-        .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
-        .output()
-        .unwrap();
+    let out = cli(&[
+        "rollback",
+        "users",
+        "--reason",
+        "fleet test",
+        "--wait-fleet=10s",
+        "--admin",
+        &format!("http://{}", c.proxy.admin),
+    ]);
     assert!(
         out.status.success(),
         "{}",

@@ -11,6 +11,15 @@ use crate::common::*;
 
 /// The token every node accepts (actor `admin`).
 pub const TOKEN: &str = "fleet-test-token-51b2";
+
+/// Runs the switchyard CLI with the admin token; its output.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap()
+}
 /// Lease TTL of test nodes, in seconds: a killed node leaves the fleet this soon.
 pub const TTL: &str = "2";
 
