@@ -563,19 +563,7 @@ async fn h2c_with_prior_knowledge_runs_the_same_scenarios_beside_http1() {
     h2_scenarios(&p, &h2, "http", &legacy, &new, &failing).await;
     // HTTP/1.1 clients still work on the same listener.
     assert_eq!(get(&p.url("/user/1")).await.origin(), "new");
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_version} %{http_code}",
-        ])
-        .arg(p.url("/user/1"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    assert_eq!(curl_h2c(&p.url("/user/1")), "2 200");
     // An idle h2 connection closes after --idle-timeout, as an HTTP/1.1 one does.
     let p3 = Proxy::start_with(routes.path(), &["--h2c", "--idle-timeout", "1"]).await;
     let h2 = H2::h2c(p3.addr, "a.test").await;
@@ -590,19 +578,17 @@ async fn h2c_with_prior_knowledge_runs_the_same_scenarios_beside_http1() {
     .await;
     // Without --h2c the plain listener speaks HTTP/1.1 only.
     let p2 = Proxy::start(routes.path()).await;
+    assert_ne!(curl_h2c(&p2.url("/user/1")), "2 200");
+}
+
+/// `curl --http2-prior-knowledge URL`: "HTTP_VERSION STATUS" as curl saw them.
+fn curl_h2c(url: &str) -> String {
     let out = Command::new("curl")
-        .args([
-            "-s",
-            "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg(p2.url("/user/1"))
+        .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w"])
+        .args(["%{http_version} %{http_code}", url])
         .output()
         .unwrap();
-    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A child process killed when dropped (a failed assertion must not leave a server running).

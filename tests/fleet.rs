@@ -57,6 +57,17 @@ fn patch_to(to: &str) -> String {
     format!(r#"{{"to": "{to}", "fallback": null, "reason": "test"}}"#)
 }
 
+/// PATCHes route `users` to `to` through `node`, waiting (up to 10 s) for the whole fleet.
+async fn patch_users(node: &Node, to: &str) -> Resp {
+    node.call(
+        "PATCH",
+        "/v1/routes/users?wait_fleet=10s",
+        &[],
+        &patch_to(to),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_node_is_served_by_all() {
     let (new, legacy) = (Origin::start("new").await, Origin::start("legacy").await);
@@ -68,14 +79,7 @@ async fn a_change_through_one_node_is_served_by_all() {
     }
 
     // PATCH through A with wait_fleet: when it answers, B and C already serve version 2.
-    let r = a
-        .call(
-            "PATCH",
-            "/v1/routes/users?wait_fleet=10s",
-            &[],
-            &patch_to("new"),
-        )
-        .await;
+    let r = patch_users(a, "new").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["version"], 2);
     for n in [b, c] {
@@ -583,14 +587,7 @@ async fn etcd_over_tls_with_a_password() {
     )
     .await;
     assert_eq!(a.version().await, 1);
-    let r = a
-        .call(
-            "PATCH",
-            "/v1/routes/users?wait_fleet=10s",
-            &[],
-            &patch_to("new"),
-        )
-        .await;
+    let r = patch_users(&a, "new").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(a.fleet().await["nodes"][0]["version"], 2);
     // The version is in etcd, readable only with the password.
@@ -612,14 +609,7 @@ async fn etcd_over_tls_with_a_password() {
         a.fleet().await["etcd"] == "up"
     })
     .await;
-    let r = a
-        .call(
-            "PATCH",
-            "/v1/routes/users?wait_fleet=10s",
-            &[],
-            &patch_to("legacy"),
-        )
-        .await;
+    let r = patch_users(a, "legacy").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(a.origin_of("/users/1").await, "legacy");
 }
