@@ -590,6 +590,30 @@ async fn websocket_idle_is_the_routes_not_the_upstream_read_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_survives_an_eager_101() {
+    // The origin's 101 is waiting before the proxy has handled the upgrade request's own empty
+    // body: the tunnel must stay open (pingora tore it down here, cloudflare/pingora#946;
+    // vendor/pingora-proxy/SWITCHYARD.md). Each upgrade sends its first frame at once.
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    let origin = ws::eager_origin(KEY).await;
+    let dir = routes_dir(&format!(
+        "[upstreams.o]\naddrs = [\"{origin}\"]\n[[routes]]\nid = \"ws\"\npath = \"/ws\"\nto = \"o\"\n"
+    ));
+    let p = Proxy::start(dir.path()).await;
+    for i in 0..40 {
+        let mut c = RawClient::connect(p.addr).await;
+        let mut left = upgrade(&mut c).await;
+        let msg = format!("frame {i}");
+        let back = echo(&mut c, &mut left, &msg).await;
+        assert_eq!(
+            back.map(|f| f.payload),
+            Some(msg.into_bytes()),
+            "upgrade {i}: the first frame after the 101 was not echoed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_behaviour_is_pinned() {
     let o = RawOrigin::start().await;
     let (p, _d) = start(&o, &[]).await;

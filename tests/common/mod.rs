@@ -332,7 +332,11 @@ impl Proxy {
                 &["--access-log", "off"][..]
             })
             .args(extra)
-            .env("SWITCHYARD_LOG", "warn")
+            // SWITCHYARD_TEST_LOG (e.g. `debug`) to see the proxy's own log while debugging.
+            .env(
+                "SWITCHYARD_LOG",
+                std::env::var("SWITCHYARD_TEST_LOG").unwrap_or("warn".into()),
+            )
             .env_remove("SWITCHYARD_ADMIN_TOKEN")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

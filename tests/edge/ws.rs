@@ -118,3 +118,38 @@ pub async fn read_frame(s: &mut TcpStream, leftover: &mut Vec<u8>) -> Option<Fra
         }
     }
 }
+
+/// An origin that writes a `101` for `key` as soon as it accepts a connection, before the
+/// request arrives, then reads the request head and echoes frames: the proxy finds the `101`
+/// waiting the moment it has sent the head.
+pub async fn eager_origin(key: &'static str) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    accept_key(key)
+                );
+                if c.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 8192];
+                let end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match c.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                };
+                buf.drain(..end);
+                echo(c, buf, Default::default()).await;
+            });
+        }
+    });
+    addr
+}
