@@ -232,6 +232,17 @@ async fn slow_body_is_closed() {
     assert!(closed, "a body at 50 B/s was not cut off");
     let m = metrics(&p).await;
     assert_eq!(rejected(&m, "body_too_slow"), 1.0);
+    // The dropped request left the route's in-flight count (the database cutover waits on it).
+    assert_eq!(inflight(&p, "all").await, 0);
+}
+
+/// `GET /v1/inflight` for route `id`.
+async fn inflight(p: &Proxy, id: &str) -> i64 {
+    let body = common::get(&p.admin_url("/v1/inflight")).await.body;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["routes"][id]["inflight"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no route {id} in {body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,6 +598,7 @@ async fn websocket_idle_is_the_routes_not_the_upstream_read_timeout() {
     assert_eq!(back.payload, b"two");
     assert!(ws::read_frame(&mut c.s, &mut left).await.is_none());
     assert_eq!(rejected(&metrics(&p).await, "websocket_idle"), 1.0);
+    assert_eq!(inflight(&p, "ws").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

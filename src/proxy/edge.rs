@@ -125,15 +125,20 @@ fn verdict(phase: Phase, now: Instant, limits: &Limits) -> Result<Instant, Rejec
 }
 
 /// Runs one request (`request`, pingora's per-request future) under the watch: `None`, with
-/// the connection closed and `switchyard_rejected_total{reason}` counted, when the head does
-/// not arrive whole within `limits.head_timeout` of its first byte, the body falls under the
+/// the connection closed and `switchyard_rejected_total{reason}` counted, when the head is not
+/// whole by `head_deadline` (its first byte's arrival plus `limits.head_timeout`; the
+/// connection loop has usually read the whole head already, see [`read_head`]), the body falls under the
 /// minimum rate, or an upgraded connection stays idle too long.
 ///
 /// The phases change only while `request` is polled, in this task, and the watchdog is polled
 /// right after it: it sees each change at once and re-arms its single timer then, so a phase
 /// with nothing to watch costs no wake-ups.
-pub async fn guard<T>(request: impl Future<Output = Option<T>>, limits: &Limits) -> Option<T> {
-    let deadline = Instant::now() + limits.head_timeout;
+pub async fn guard<T>(
+    request: impl Future<Output = Option<T>>,
+    limits: &Limits,
+    head_deadline: Instant,
+) -> Option<T> {
+    let deadline = head_deadline;
     let start = Phase::Head(deadline);
     let watch = Watch {
         phase: Cell::new(start),
@@ -168,6 +173,76 @@ pub async fn guard<T>(request: impl Future<Output = Option<T>>, limits: &Limits)
             }
         })
         .await
+}
+
+/// Longest request head [`read_head`] collects; a longer one goes on to pingora's parser, which
+/// reads the rest (under [`guard`]'s deadline) and answers 431.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Where the head of a request ends in `buf` (the index past its empty line), `None` if `buf`
+/// does not hold a whole head. Accepts bare LF line ends, as pingora's parser does.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&c| c == b'\n') {
+        let at = from + i + 1;
+        match buf.get(at) {
+            Some(b'\n') => return Some(at + 1),
+            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return Some(at + 2),
+            Some(_) => from = at,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// How [`read_head`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// `buf` holds a whole head (and maybe more), or [`MAX_HEAD`] bytes of one.
+    Read,
+    /// The client closed or failed before its head was whole: nothing to answer.
+    Closed,
+    /// The head was not whole by the deadline (counted as `head_timeout`): close.
+    TimedOut,
+}
+
+/// Reads a request head from `stream` into `buf` (which may already hold its first bytes)
+/// until it is whole, [`MAX_HEAD`] bytes, or `deadline`.
+///
+/// The connection loop calls this before it builds any per-request state, so a client that
+/// sends its head slowly holds only its connection and this buffer (grown from the
+/// `buf.capacity()` it is given, as the head needs) until the head is there. A head that came
+/// in one read costs no more reads than pingora's own parser would.
+pub async fn read_head<S>(stream: &mut S, buf: &mut bytes::BytesMut, deadline: Instant) -> Head
+where
+    S: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        loop {
+            if head_end(buf).is_some() || buf.len() >= MAX_HEAD {
+                return Head::Read;
+            }
+            if buf.capacity() == buf.len() {
+                buf.reserve(buf.capacity().max(512));
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return Head::Closed,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline.into(), read).await {
+        Ok(h) => h,
+        Err(_) => {
+            METRICS
+                .rejected
+                .with_label_values(&[HEAD_TIMEOUT.reason])
+                .inc();
+            tracing::debug!(reason = HEAD_TIMEOUT.reason, "closing a client connection");
+            Head::TimedOut
+        }
+    }
 }
 
 /// Whether the previous request on a connection left bytes of the next (pipelined) request
@@ -334,6 +409,43 @@ mod tests {
         let p = Phase::Upgraded { idle, last };
         assert_eq!(verdict(p, last, &l), Ok(last + idle));
         assert_eq!(verdict(p, last + idle, &l), Err(UPGRADED_IDLE));
+    }
+
+    #[test]
+    fn head_end_accepts_lf_and_crlf() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nxyz"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nA: b\n\n"), Some(21));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r"), None);
+    }
+
+    #[tokio::test]
+    async fn read_head_in_pieces_until_whole_closed_or_late() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let far = Instant::now() + Duration::from_secs(5);
+        let mut buf = bytes::BytesMut::from(&b"GET / HT"[..]);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in [&b"TP/1.1\r\nHost: x\r\n"[..], b"\r\n", b"next"] {
+                client.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            client
+        });
+        assert_eq!(read_head(&mut server, &mut buf, far).await, Head::Read);
+        assert!(buf.starts_with(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        // Half a head, then nothing: the deadline.
+        let mut client = writer.await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert_eq!(read_head(&mut server, &mut buf, soon).await, Head::TimedOut);
+        // Half a head, then a close.
+        drop(client);
+        let mut buf = bytes::BytesMut::from(&b"GET"[..]);
+        assert_eq!(read_head(&mut server, &mut buf, far).await, Head::Closed);
     }
 
     #[test]

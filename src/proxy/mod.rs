@@ -231,6 +231,19 @@ pub(crate) fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     }
 }
 
+/// A request dropped before [`Proxy::finish`] (the connection closed by [`edge::guard`]: a body
+/// under the minimum rate, an upgraded connection idle past its limit) still leaves the
+/// route's in-flight count, which the database cutover waits on.
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if self.counted_inflight {
+            if let (Some(ri), Some(t)) = (self.route, self.table.as_ref()) {
+                t.routes[ri].inflight.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl Ctx {
     /// A fresh context for a request that starts now.
     pub(crate) fn new() -> Ctx {

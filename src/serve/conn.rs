@@ -13,9 +13,12 @@
 //! keep-alive timeout, and [`DRAIN`] after the server begins to shut down. Measured: 38 KB →
 //! 15 KB per idle connection; what is left is mostly pingora's listener task (bench/RESULTS.md).
 //!
-//! Each request runs under [`edge::guard`] (whole-head deadline, body rate, idle upgraded
-//! connections), connections over the caps of [`Limits`] are closed at once, and requests
-//! pipelined behind another are served in order from the bytes already buffered.
+//! The request head is then read here too ([`edge::read_head`], under the whole-head
+//! deadline) before any per-request state is built, so a client sending its head slowly costs
+//! its connection and a head buffer, nothing more. Each request then runs under
+//! [`edge::guard`] (body rate, idle upgraded connections), connections over the caps of
+//! [`Limits`] are closed at once, and requests pipelined behind another are served in order
+//! from the bytes already buffered.
 //!
 //! With the fast engine (`serve --engine fast`, the default) each request is first offered to
 //! [`fast::Engine`]: it serves common HTTP/1.1 requests itself and hands anything else back,
@@ -27,10 +30,10 @@
 //! `--h2c`) goes to pingora's own loop unchanged; the connection caps apply to it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
@@ -120,7 +123,7 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
         match stream.read_buf(&mut buf).await? {
             0 => Ok(Next::Stop),
-            _ => Ok(Next::Read(buf.freeze())),
+            _ => Ok(Next::Read(buf)),
         }
     };
     let peek = pingora::time::fast_timeout::fast_timeout(wait, arrived);
@@ -147,7 +150,7 @@ enum Next {
     /// Bytes are there to read (peeked, still in the stream).
     Ready,
     /// The first bytes of the request, read (streams that cannot peek: TLS).
-    Read(Bytes),
+    Read(BytesMut),
     /// Closed, failed, idle too long, or the server is stopping.
     Stop,
 }
@@ -175,7 +178,7 @@ where
         }
         let mut settings: Option<HttpPersistentSettings> = None;
         // Bytes of the next request already read (by the fast path, or past a request's end).
-        let mut read: Option<Bytes> = None;
+        let mut read: Option<BytesMut> = None;
         loop {
             // A pipelined request already read with the previous one is not waited for.
             let pipelined =
@@ -187,14 +190,26 @@ where
                     Next::Stop => return None,
                 }
             }
-            if let (Some(engine), None) = (&self.fast, &settings) {
-                let prefix = read
+            // The head deadline counts from the first byte of the request.
+            let head_deadline = Instant::now() + self.limits.head_timeout;
+            // The head is read here, before any per-request state exists: until it is whole
+            // the connection holds only its stream and this buffer. (A pipelined head that
+            // pingora kept in the settings is read on by pingora, under the same deadline.)
+            if !settings.as_ref().is_some_and(edge::has_pipelined_prefix) {
+                let mut head = read
                     .take()
-                    .map_or_else(BytesMut::new, |b| BytesMut::from(&b[..]));
+                    .unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER));
+                match edge::read_head(&mut stream, &mut head, head_deadline).await {
+                    edge::Head::Read => read = Some(head),
+                    edge::Head::Closed | edge::Head::TimedOut => return None,
+                }
+            }
+            if let (Some(engine), None) = (&self.fast, &settings) {
+                let prefix = read.take().unwrap_or_default();
                 // Boxed: the request's state lives only while it is served, not in every
                 // idle connection's future. Under the same watch as the stock path.
                 let served = async { Some(engine.serve(stream, prefix, shutdown).await) };
-                match Box::pin(edge::guard(served, &self.limits)).await? {
+                match Box::pin(edge::guard(served, &self.limits, head_deadline)).await? {
                     Served::Again(s) => {
                         stream = s;
                         continue;
@@ -202,7 +217,7 @@ where
                     Served::Closed => return None,
                     Served::Stock(s, bytes) => {
                         stream = s;
-                        read = Some(bytes);
+                        read = Some(BytesMut::from(bytes));
                     }
                 }
             }
@@ -220,14 +235,14 @@ where
                 }
             }
             if let (Some(bytes), ServerSession::H1(s)) = (read.take(), &mut session) {
-                s.set_pipelined_prefix(BytesMut::from(&bytes[..]));
+                s.set_pipelined_prefix(bytes);
             }
             if *shutdown.borrow() {
                 // Answer this request, then close: the server is going away.
                 session.set_keepalive(None);
             }
             let request = self.app.process_new_http(session, shutdown);
-            let reused = edge::guard(request, &self.limits).await?;
+            let reused = edge::guard(request, &self.limits, head_deadline).await?;
             let (next, s) = reused.consume();
             stream = next;
             // Settings that carry nothing for the next request (no request limit, no
