@@ -207,7 +207,18 @@ async fn slow_head_is_closed_at_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_body_is_closed() {
     let o = RawOrigin::start().await;
-    let (p, _d) = start(&o, &["--body-min-rate", "1000", "--body-grace", "1"]).await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let log_arg = log.to_str().unwrap();
+    let args = [
+        "--body-min-rate",
+        "1000",
+        "--body-grace",
+        "1",
+        "--access-log",
+        log_arg,
+    ];
+    let (p, _d) = start(&o, &args).await;
     // A whole body at once is fine.
     let ok = format!(
         "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{}",
@@ -232,8 +243,35 @@ async fn slow_body_is_closed() {
     assert!(closed, "a body at 50 B/s was not cut off");
     let m = metrics(&p).await;
     assert_eq!(rejected(&m, "body_too_slow"), 1.0);
-    // The dropped request left the route's in-flight count (the database cutover waits on it).
+    // The dropped request left the route's in-flight count (the database cutover waits on it)
+    // and has its access-log line.
     assert_eq!(inflight(&p, "all").await, 0);
+    let line = logged(&log, "body_too_slow").await;
+    assert_eq!(
+        (line["status"].as_u64(), line["route"].as_str()),
+        (Some(408), Some("all"))
+    );
+    assert_eq!(line["path"], "/b");
+}
+
+/// The access-log line (JSON) in `path` whose error is `error`, waited for (lines are written
+/// by a thread).
+async fn logged(path: &std::path::Path, error: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["error"] == error);
+        if let Some(v) = found {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no access-log line with error {error}: {}",
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
 }
 
 /// `GET /v1/inflight` for route `id`.
@@ -587,7 +625,8 @@ async fn websocket_idle_is_the_routes_not_the_upstream_read_timeout() {
          [[routes]]\nid = \"ws\"\npath = \"/ws\"\nto = \"o\"\nwebsocket_idle_timeout_ms = 3000\n",
         o.addr
     ));
-    let p = Proxy::start(dir.path()).await;
+    let log = dir.path().join("access.log");
+    let p = Proxy::start_with(dir.path(), &["--access-log", log.to_str().unwrap()]).await;
     let mut c = RawClient::connect(p.addr).await;
     let mut left = upgrade(&mut c).await;
     assert!(echo(&mut c, &mut left, "one").await.is_some());
@@ -599,6 +638,11 @@ async fn websocket_idle_is_the_routes_not_the_upstream_read_timeout() {
     assert!(ws::read_frame(&mut c.s, &mut left).await.is_none());
     assert_eq!(rejected(&metrics(&p).await, "websocket_idle"), 1.0);
     assert_eq!(inflight(&p, "ws").await, 0);
+    let line = logged(&log, "websocket_idle").await;
+    assert_eq!(
+        (line["status"].as_u64(), line["path"].as_str()),
+        (Some(101), Some("/ws"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

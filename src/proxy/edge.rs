@@ -31,6 +31,8 @@ enum Phase {
     Upgraded { idle: Duration, last: Instant },
     /// Nothing left to watch (the body is whole, or there is none).
     Free,
+    /// Dropped by [`guard`] for this reason (seen by the request's state as it is dropped).
+    Dropped(&'static str),
 }
 
 /// The watch state of the request in progress on a connection.
@@ -93,6 +95,18 @@ pub fn activity() {
     });
 }
 
+/// Why [`guard`] is dropping the request whose state is being dropped now; `None` when it is
+/// not being dropped by the guard.
+pub fn dropped_reason() -> Option<&'static str> {
+    WATCH
+        .try_with(|w| match w.phase.get() {
+            Phase::Dropped(reason) => Some(reason),
+            _ => None,
+        })
+        .ok()
+        .flatten()
+}
+
 /// How often a body's rate is looked at once its grace period is over.
 const RECHECK: Duration = Duration::from_secs(1);
 /// When a phase with nothing to watch is looked at again (a phase change re-arms the timer
@@ -120,7 +134,7 @@ fn verdict(phase: Phase, now: Instant, limits: &Limits) -> Result<Instant, Rejec
             Err(UPGRADED_IDLE)
         }
         Phase::Upgraded { idle, last } => Ok(last + idle),
-        Phase::Body { .. } | Phase::Free => Ok(now + IDLE_RECHECK),
+        Phase::Body { .. } | Phase::Free | Phase::Dropped(_) => Ok(now + IDLE_RECHECK),
     }
 }
 
@@ -166,6 +180,8 @@ pub async fn guard<T>(
                 biased;
                 r = &mut request => r,
                 r = watchdog => {
+                    // The request is dropped right after this, still in the scope.
+                    update(|_| Phase::Dropped(r.reason));
                     METRICS.rejected.with_label_values(&[r.reason]).inc();
                     tracing::debug!(reason = r.reason, "closing a client connection");
                     None

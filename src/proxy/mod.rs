@@ -90,6 +90,17 @@ pub struct Ctx {
     reject: Option<limits::Reject>,
     /// Held while the connection is upgraded (counts `switchyard_websocket_active`).
     upgraded: Option<edge::Upgraded>,
+    /// For a request [`edge::guard`] may drop after admitting it (one with a body, or
+    /// upgraded): what its access-log line needs if [`Proxy::finish`] never runs.
+    unfinished: Option<Box<Unfinished>>,
+}
+
+/// The access-log fields of a request that may end without [`Proxy::finish`].
+struct Unfinished {
+    log: Option<log::AccessLog>,
+    method: http::Method,
+    host: String,
+    path: String,
 }
 
 impl Ctx {
@@ -234,9 +245,22 @@ pub(crate) fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
 /// A request dropped before [`Proxy::finish`] (the connection closed by [`edge::guard`]: a body
 /// under the minimum rate, an upgraded connection idle past its limit) still leaves the
 /// route's in-flight count, which the database cutover waits on.
+/// Its metrics and access-log line are written here then, with the status the client was
+/// left with (`408` for a body cut off, `101` for an upgraded connection) and the reason
+/// `edge::guard` gave as the error.
 impl Drop for Ctx {
     fn drop(&mut self) {
-        if self.counted_inflight {
+        if let Some(u) = self.unfinished.take() {
+            let status = if self.upgraded.is_some() { 101 } else { 408 };
+            let error = edge::dropped_reason().unwrap_or("dropped");
+            record(
+                self,
+                u.log.as_ref(),
+                (u.method.as_str(), &u.host, &u.path),
+                status,
+                Some(error.to_string()),
+            );
+        } else if self.counted_inflight {
             if let (Some(ri), Some(t)) = (self.route, self.table.as_ref()) {
                 t.routes[ri].inflight.fetch_sub(1, Ordering::Relaxed);
             }
@@ -267,6 +291,7 @@ impl Ctx {
             shadow: None,
             reject: None,
             upgraded: None,
+            unfinished: None,
         }
     }
 
@@ -643,6 +668,7 @@ impl Proxy {
         // The body is read from now on (not while the request was held): watch its rate.
         if limits::has_body(req) {
             edge::body_started();
+            self.may_be_dropped(req, ctx);
         }
         Ok(None)
     }
@@ -657,41 +683,81 @@ impl Proxy {
         ctx: &mut Ctx,
     ) {
         let status = if status == 0 { ctx.status } else { status };
-        let elapsed = ctx.start.elapsed();
         if let (Some(c), Some(t)) = (ctx.shadow.take(), ctx.table.as_ref()) {
-            shadow::finish(c, t.clone(), elapsed, e.is_none() && ctx.status == 0);
+            shadow::finish(
+                c,
+                t.clone(),
+                ctx.start.elapsed(),
+                e.is_none() && ctx.status == 0,
+            );
         }
-        let table = ctx.table.as_ref();
-        let route = ctx.route.and_then(|ri| table.map(|t| &t.routes[ri]));
-        let upstream = ctx.upstream.and_then(|u| table.map(|t| &t.upstreams[u]));
-        if let Some(r) = route {
-            if ctx.counted_inflight {
-                r.inflight.fetch_sub(1, Ordering::Relaxed);
-                ctx.counted_inflight = false;
-            }
-        }
-        let stats = match (route, ctx.upstream, upstream) {
-            (Some(r), Some(ui), Some(u)) => r.stats(ui, &u.name),
-            _ => &NO_ROUTE_STATS,
+        ctx.unfinished = None;
+        let host = match self.access_log {
+            Some(_) => request_host(req),
+            None => std::borrow::Cow::Borrowed(""),
         };
-        stats.codes[code_class(status)].inc();
-        stats.duration.observe(elapsed.as_secs_f64());
-        if let Some(log) = &self.access_log {
-            let host = request_host(req);
-            log.write(&log::Entry {
-                time: log::now_rfc3339(),
-                method: req.method.as_str(),
-                host: &host,
-                path: req.uri.path(),
-                route: route.map_or("", |r| &r.id),
-                upstream: upstream.map_or("", |u| &u.name),
-                status,
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
-                table_version: table.map_or(0, |t| t.version),
-                fallback: ctx.fell_back.map(FallbackReason::as_str),
-                error: e.map(|e| e.etype().as_str().to_string()),
-            });
+        record(
+            ctx,
+            self.access_log.as_ref(),
+            (req.method.as_str(), &host, req.uri.path()),
+            status,
+            e.map(|e| e.etype().as_str().to_string()),
+        );
+    }
+
+    /// Notes what a request admitted with a body or upgraded needs to be logged if the
+    /// connection is closed under it (see [`Ctx`]'s `Drop`). Costs an allocation only for those.
+    pub(crate) fn may_be_dropped(&self, req: &RequestHeader, ctx: &mut Ctx) {
+        if ctx.unfinished.is_none() {
+            ctx.unfinished = Some(Box::new(Unfinished {
+                log: self.access_log.clone(),
+                method: req.method.clone(),
+                host: request_host(req).into_owned(),
+                path: req.uri.path().to_string(),
+            }));
         }
+    }
+}
+
+/// The end of a request: leaves the route's in-flight count, counts the status and duration,
+/// writes the access-log line (`(method, host, path)` from the request).
+fn record(
+    ctx: &mut Ctx,
+    access_log: Option<&log::AccessLog>,
+    (method, host, path): (&str, &str, &str),
+    status: u16,
+    error: Option<String>,
+) {
+    let elapsed = ctx.start.elapsed();
+    let table = ctx.table.as_ref();
+    let route = ctx.route.and_then(|ri| table.map(|t| &t.routes[ri]));
+    let upstream = ctx.upstream.and_then(|u| table.map(|t| &t.upstreams[u]));
+    if let Some(r) = route {
+        if ctx.counted_inflight {
+            r.inflight.fetch_sub(1, Ordering::Relaxed);
+            ctx.counted_inflight = false;
+        }
+    }
+    let stats = match (route, ctx.upstream, upstream) {
+        (Some(r), Some(ui), Some(u)) => r.stats(ui, &u.name),
+        _ => &NO_ROUTE_STATS,
+    };
+    stats.codes[code_class(status)].inc();
+    stats.duration.observe(elapsed.as_secs_f64());
+    if let Some(log) = access_log {
+        log.write(&log::Entry {
+            time: log::now_rfc3339(),
+            method,
+            host,
+            path,
+            route: route.map_or("", |r| &r.id),
+            upstream: upstream.map_or("", |u| &u.name),
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            table_version: table.map_or(0, |t| t.version),
+            fallback: ctx.fell_back.map(FallbackReason::as_str),
+            error,
+        });
     }
 }
 
@@ -903,6 +969,7 @@ impl ProxyHttp for Proxy {
                     .inc();
                 ctx.upgraded = Some(edge::Upgraded::start());
                 edge::upgraded(route.websocket_idle);
+                self.may_be_dropped(session.req_header(), ctx);
             }
         }
         if limits::fit_http10(session.req_header().version, resp) {
