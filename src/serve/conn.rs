@@ -99,6 +99,128 @@ impl<A: HttpServerApp> Connections<A> {
     }
 }
 
+/// What a connection carries from one request to the next: bytes of the next request already
+/// read, and the stock path's settings when they matter for it.
+struct Carry {
+    stream: Stream,
+    read: Option<BytesMut>,
+    settings: Option<HttpPersistentSettings>,
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
+    /// The HTTP/1.x loop of one client connection, on its own task. While the connection
+    /// waits for a request or receives its head, this future holds the stream, the head read
+    /// so far and a timer; everything a request needs beyond that lives in one box per
+    /// request ([`Connections::request`]), freed once it is answered.
+    async fn serve_h1(self: Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
+        let mut settings: Option<HttpPersistentSettings> = None;
+        // Bytes of the next request already read (by the fast path, or past a request's end).
+        let mut read: Option<BytesMut> = None;
+        loop {
+            // A pipelined request already read with the previous one is not waited for.
+            let pipelined =
+                read.is_some() || settings.as_ref().is_some_and(edge::has_pipelined_prefix);
+            if !pipelined {
+                match next_request(&mut stream, self.idle, shutdown).await {
+                    Next::Ready => {}
+                    Next::Read(b) => read = Some(b),
+                    Next::Stop => return,
+                }
+            }
+            // The head deadline counts from the first byte of the request.
+            let head_deadline = Instant::now() + self.limits.head_timeout;
+            // The head is read here, before any per-request state exists: until it is whole
+            // the connection holds only its stream and this buffer. (A pipelined head that
+            // pingora kept in the settings is read on by pingora, under the same deadline.)
+            if !settings.as_ref().is_some_and(edge::has_pipelined_prefix) {
+                let mut head = read
+                    .take()
+                    .unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER));
+                match edge::read_head(&mut stream, &mut head, head_deadline).await {
+                    edge::Head::Read => read = Some(head),
+                    edge::Head::Closed | edge::Head::TimedOut => return,
+                }
+            }
+            let carry = Carry {
+                stream,
+                read: read.take(),
+                settings: settings.take(),
+            };
+            match Box::pin(self.request(carry, head_deadline, shutdown)).await {
+                Some(next) => (stream, read, settings) = (next.stream, next.read, next.settings),
+                None => return,
+            }
+        }
+    }
+
+    /// One request, its head read (in `carry.read`, or in the stock settings' pipelined
+    /// bytes): the fast path first when it is on, else or when it hands the request back,
+    /// pingora's `HttpProxy`; both under [`edge::guard`]. What the next request needs, or
+    /// `None` once the connection is closed.
+    async fn request(
+        &self,
+        carry: Carry,
+        head_deadline: Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Carry> {
+        let Carry {
+            mut stream,
+            mut read,
+            settings,
+        } = carry;
+        if let (Some(engine), None) = (&self.fast, &settings) {
+            let prefix = read.take().unwrap_or_default();
+            let served = async { Some(engine.serve(stream, prefix, shutdown).await) };
+            match edge::guard(served, &self.limits, head_deadline).await? {
+                Served::Again(stream) => {
+                    return Some(Carry {
+                        stream,
+                        read: None,
+                        settings: None,
+                    })
+                }
+                Served::Closed => return None,
+                Served::Stock(s, bytes) => {
+                    stream = s;
+                    read = Some(BytesMut::from(bytes));
+                }
+            }
+        }
+        let mut session = ServerSession::new_http1(stream);
+        match settings {
+            Some(s) => s.apply_to_session(&mut session),
+            None => {
+                session.set_pipelining_enabled(true);
+                session.set_keepalive(Some(self.idle.as_secs().max(1)));
+                session.set_keepalive_reuses_remaining(
+                    self.app
+                        .server_options()
+                        .and_then(|o| o.keepalive_request_limit),
+                );
+            }
+        }
+        if let (Some(bytes), ServerSession::H1(s)) = (read, &mut session) {
+            s.set_pipelined_prefix(bytes);
+        }
+        if *shutdown.borrow() {
+            // Answer this request, then close: the server is going away.
+            session.set_keepalive(None);
+        }
+        let request = self.app.process_new_http(session, shutdown);
+        let reused = edge::guard(request, &self.limits, head_deadline).await?;
+        let (stream, s) = reused.consume();
+        // Settings that carry nothing for the next request (no request limit, no pipelined
+        // bytes) let it go to the fast path again.
+        let settings = s
+            .filter(|s| self.fast.is_none() || self.keeps_state() || edge::has_pipelined_prefix(s));
+        Some(Carry {
+            stream,
+            read: None,
+            settings,
+        })
+    }
+}
+
 /// How long an idle keep-alive connection may still send its next request once a graceful stop
 /// or upgrade has begun; that request is answered with `Connection: close`. A client in the
 /// middle of a series of requests sends the next one within microseconds, so it gets a clean
@@ -162,95 +284,31 @@ where
 {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         // Over a cap: closed before anything is read; the client may retry.
-        let _slot = self.slots.acquire(ip).ok()?;
+        let slot = self.slots.acquire(ip).ok()?;
         let h2c = self.app.server_options().is_some_and(|o| o.h2c);
         // HTTP/2 (by ALPN over TLS, or h2c) is pingora's own loop; HTTP/1.1 over TLS is served
         // here like plain HTTP/1.1.
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let _slot = slot;
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
-        let mut settings: Option<HttpPersistentSettings> = None;
-        // Bytes of the next request already read (by the fast path, or past a request's end).
-        let mut read: Option<BytesMut> = None;
-        loop {
-            // A pipelined request already read with the previous one is not waited for.
-            let pipelined =
-                read.is_some() || settings.as_ref().is_some_and(edge::has_pipelined_prefix);
-            if !pipelined {
-                match next_request(&mut stream, self.idle, shutdown).await {
-                    Next::Ready => {}
-                    Next::Read(b) => read = Some(b),
-                    Next::Stop => return None,
-                }
-            }
-            // The head deadline counts from the first byte of the request.
-            let head_deadline = Instant::now() + self.limits.head_timeout;
-            // The head is read here, before any per-request state exists: until it is whole
-            // the connection holds only its stream and this buffer. (A pipelined head that
-            // pingora kept in the settings is read on by pingora, under the same deadline.)
-            if !settings.as_ref().is_some_and(edge::has_pipelined_prefix) {
-                let mut head = read
-                    .take()
-                    .unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER));
-                match edge::read_head(&mut stream, &mut head, head_deadline).await {
-                    edge::Head::Read => read = Some(head),
-                    edge::Head::Closed | edge::Head::TimedOut => return None,
-                }
-            }
-            if let (Some(engine), None) = (&self.fast, &settings) {
-                let prefix = read.take().unwrap_or_default();
-                // Boxed: the request's state lives only while it is served, not in every
-                // idle connection's future. Under the same watch as the stock path.
-                let served = async { Some(engine.serve(stream, prefix, shutdown).await) };
-                match Box::pin(edge::guard(served, &self.limits, head_deadline)).await? {
-                    Served::Again(s) => {
-                        stream = s;
-                        continue;
-                    }
-                    Served::Closed => return None,
-                    Served::Stock(s, bytes) => {
-                        stream = s;
-                        read = Some(BytesMut::from(bytes));
-                    }
-                }
-            }
-            let mut session = ServerSession::new_http1(stream);
-            match settings.take() {
-                Some(s) => s.apply_to_session(&mut session),
-                None => {
-                    session.set_pipelining_enabled(true);
-                    session.set_keepalive(Some(self.idle.as_secs().max(1)));
-                    session.set_keepalive_reuses_remaining(
-                        self.app
-                            .server_options()
-                            .and_then(|o| o.keepalive_request_limit),
-                    );
-                }
-            }
-            if let (Some(bytes), ServerSession::H1(s)) = (read.take(), &mut session) {
-                s.set_pipelined_prefix(bytes);
-            }
-            if *shutdown.borrow() {
-                // Answer this request, then close: the server is going away.
-                session.set_keepalive(None);
-            }
-            let request = self.app.process_new_http(session, shutdown);
-            let reused = edge::guard(request, &self.limits, head_deadline).await?;
-            let (next, s) = reused.consume();
-            stream = next;
-            // Settings that carry nothing for the next request (no request limit, no
-            // pipelined bytes) let it go to the fast path again.
-            settings = s.filter(|s| {
-                self.fast.is_none() || self.keeps_state() || edge::has_pipelined_prefix(s)
-            });
-        }
+        // HTTP/1.x goes on in a task of its own, whose state is only this loop's: pingora's
+        // task for the connection ends here, and with it the room its accept and TLS
+        // handshake took, which every idle connection would otherwise keep.
+        let this = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            this.serve_h1(stream, &shutdown).await;
+        });
+        None
     }
 
     /// Runs once the listeners stopped accepting (graceful stop or upgrade). pingora's own
