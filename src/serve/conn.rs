@@ -6,12 +6,14 @@
 //! request-header buffer, for as long as the client keeps the connection open (38 KB per idle
 //! connection measured with `bench/compare --scenarios memory`).
 //!
-//! [`Connections`] runs the same HTTP/1.1 loop but waits for the first byte of the next
-//! request while holding only the connection itself, and enters the request future once there
-//! is something to read. The byte is read through the connection's small read buffer and
-//! put back, so a request costs no extra system call. Idle connections close after the
-//! keep-alive timeout, and [`DRAIN`] after the server begins to shut down. Measured: 38 KB →
-//! 15 KB per idle connection; what is left is mostly pingora's listener task (bench/RESULTS.md).
+//! [`Connections`] runs the same HTTP/1.1 loop on a task of its own (pingora's task for the
+//! connection ends after the accept and the TLS handshake, whose room it would otherwise keep)
+//! and waits for the next request while holding only the connection itself: no read buffer
+//! (the listener's socket buffer is off, and a waking connection reads through a per-thread
+//! scratch buffer, [`next_request`]), no request state (one box per request, freed once it
+//! is answered). Idle connections close after the keep-alive timeout, and [`DRAIN`] after the
+//! server begins to shut down. Measured per idle connection: 38 KB in pingora's loop, 15 KB
+//! with this loop in pingora's task, 5.0 KB on its own task (bench/RESULTS.md).
 //!
 //! The request head is then read here too ([`edge::read_head`], under the whole-head
 //! deadline) before any per-request state is built, so a client sending its head slowly costs
@@ -24,10 +26,8 @@
 //! [`fast::Engine`]: it serves common HTTP/1.1 requests itself and hands anything else back,
 //! with the bytes it read, to pingora's `HttpProxy` on the same connection.
 //!
-//! HTTP/1.1 over TLS (the `--tls-listen` listener) runs in the same loop: a TLS stream cannot
-//! peek, so its wait for the next request reads the first bytes into a `READ_BUFFER` buffer and
-//! hands them on ([`next_request`]). HTTP/2 (ALPN `h2`, or
-//! `--h2c`) goes to pingora's own loop unchanged; the connection caps apply to it.
+//! HTTP/1.1 over TLS (the `--tls-listen` listener) runs in the same loop. HTTP/2 (ALPN `h2`,
+//! or `--h2c`) goes to pingora's own loop unchanged; the connection caps apply to it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,15 +38,13 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncReadExt;
+use tokio::io::AsyncRead;
 
 use crate::proxy::edge::{self, Slots};
 use crate::proxy::fast::{self, Served};
 use crate::proxy::limits::Limits;
 
-/// Read buffer per client connection. A request's first read fills it, so waiting for the
-/// next request and then parsing it costs one `recv`; headers longer than this are read in
-/// more steps, as pingora does with any buffer size.
+/// Smallest head buffer of a request (it grows as a long head needs).
 pub const READ_BUFFER: usize = 1024;
 
 /// An HTTP application served with a connection loop that holds no request state while a
@@ -122,7 +120,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                 read.is_some() || settings.as_ref().is_some_and(edge::has_pipelined_prefix);
             if !pipelined {
                 match next_request(&mut stream, self.idle, shutdown).await {
-                    Next::Ready => {}
                     Next::Read(b) => read = Some(b),
                     Next::Stop => return,
                 }
@@ -228,26 +225,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
 /// closes fails, and HTTP/1.1 clients do not retry it). Idle clients close after it.
 pub const DRAIN: Duration = Duration::from_millis(200);
 
-/// Waits until the client sends the next request's first byte: [`Next::Stop`] when the
-/// connection closed, failed, stayed idle for `idle`, or the server is shutting down and
-/// nothing came within [`DRAIN`]. On a plain stream the byte stays in the stream for the
-/// request's reader; a TLS stream cannot peek, so its first bytes are read and returned.
+/// Waits until the client sends the next request and reads what came:
+/// [`Next::Stop`] when the connection closed, failed, stayed idle for `idle`, or the server is
+/// shutting down and nothing came within [`DRAIN`].
+///
+/// While it waits, nothing is allocated for the connection: each poll reads into a per-thread
+/// scratch buffer ([`SCRATCH`]) and only bytes that arrived are copied into a head buffer of
+/// their own (at least [`READ_BUFFER`]). So an idle connection holds no read buffer at all,
+/// plain or TLS, and the first read of a request is its only read when the head fits.
 async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> Next {
     let mut shutdown = shutdown.clone();
     let stopping = *shutdown.borrow();
     let wait = if stopping { DRAIN.min(idle) } else { idle };
-    let arrived = async {
-        let mut first = [0u8; 1];
-        if stream.try_peek(&mut first).await? {
-            return Ok(Next::Ready);
-        }
-        // A TLS stream cannot peek: the first bytes are read and handed on as read.
-        let mut buf = BytesMut::with_capacity(READ_BUFFER);
-        match stream.read_buf(&mut buf).await? {
-            0 => Ok(Next::Stop),
-            _ => Ok(Next::Read(buf)),
-        }
-    };
+    let arrived = std::future::poll_fn(|cx| read_arrived(stream, cx));
     let peek = pingora::time::fast_timeout::fast_timeout(wait, arrived);
     let mut peek = std::pin::pin!(peek);
     let settle = |r: Result<std::io::Result<Next>, _>| match r {
@@ -267,11 +257,43 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
     }
 }
 
+/// Bytes one read of an idle connection takes at most (a whole ordinary head; a longer one
+/// is read on by [`edge::read_head`]).
+const SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    /// The buffer every idle connection of this thread reads into when it wakes up.
+    static SCRATCH_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+/// One poll of an idle connection's read: `Pending` holds nothing; bytes that came are
+/// returned in a buffer of their own.
+fn read_arrived(
+    stream: &mut Stream,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<Next>> {
+    use std::task::Poll;
+    SCRATCH_BUF.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut rb = tokio::io::ReadBuf::new(&mut scratch[..]);
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Ok(Next::Stop)),
+            Poll::Ready(Ok(())) => {
+                let got = rb.filled();
+                let mut buf = BytesMut::with_capacity(got.len().max(READ_BUFFER));
+                buf.extend_from_slice(got);
+                Poll::Ready(Ok(Next::Read(buf)))
+            }
+        }
+    })
+}
+
 /// What came while a connection waited for its next request.
 enum Next {
-    /// Bytes are there to read (peeked, still in the stream).
-    Ready,
-    /// The first bytes of the request, read (streams that cannot peek: TLS).
+    /// The first bytes of the request.
     Read(BytesMut),
     /// Closed, failed, idle too long, or the server is stopping.
     Stop,
@@ -312,9 +334,8 @@ where
     }
 
     /// Runs once the listeners stopped accepting (graceful stop or upgrade). pingora's own
-    /// HTTP/1.1 loop (TLS connections) aborts requests parked waiting for their next request
-    /// when `http_cleanup` runs; their clients get [`DRAIN`] first, as plain connections do in
-    /// `next_request`.
+    /// loop (HTTP/2 connections) ends idle connections when `http_cleanup` runs; their clients
+    /// get [`DRAIN`] first, as HTTP/1.x connections do in `next_request`.
     async fn cleanup(&self) {
         tokio::time::sleep(DRAIN).await;
         self.app.http_cleanup().await;

@@ -402,20 +402,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_fast(fast),
     );
     if let Some(addr) = &plain_listen {
-        // A small read buffer per client connection instead of pingora's 64 KiB: a typical
-        // request still arrives in one read, and an idle keep-alive connection holds 1 KiB.
+        // No socket read buffer per client connection (pingora's default: 64 KiB): the
+        // connection loop reads each request's first bytes through a per-thread scratch
+        // buffer and its head into a buffer of its own (`conn::next_request`), so an idle
+        // keep-alive connection holds none.
         svc.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr)
-                .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
+                .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0)),
         );
     }
     if let (Some(addr), Some(certs)) = (&args.tls_listen, &certs) {
-        // The same small socket read buffer: rustls reads whole records into its own buffer,
-        // and a read larger than this one bypasses it.
+        // No socket read buffer either: rustls reads whole records into its own buffer.
         svc.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr)
                 .tls(tls::settings(certs, true)?)
-                .l4_buffer(pingora::listeners::L4BufferSettings::default().read(conn::READ_BUFFER)),
+                .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0)),
         );
     }
     server.add_service(svc);
