@@ -1158,7 +1158,10 @@ async fn get_series(state: &Arc<AdminState>, call: &Call) -> Result<Resp, ApiErr
     let versions = tokio::task::spawn_blocking(move || version_events(&ledger, from))
         .await
         .map_err(|e| ApiError::Internal(format!("history task: {e}")))??;
-    view.events.extend(versions);
+    // Versions come newest first: oldest first here, so the stable sort keeps two versions of
+    // the same millisecond in order. A version and another event of the same millisecond have
+    // no defined order (both clocks count milliseconds).
+    view.events.extend(versions.into_iter().rev());
     view.events.sort_by_key(|e| e.time_ms);
     Ok(ok(serde_json::to_value(&view).unwrap_or(Value::Null)))
 }

@@ -44,6 +44,8 @@ use crate::proxy::edge::{self, Slots};
 use crate::proxy::fast::{self, Served};
 use crate::proxy::limits::Limits;
 
+use super::wbuf;
+
 /// Smallest head buffer of a request (it grows as a long head needs).
 pub const READ_BUFFER: usize = 1024;
 
@@ -110,7 +112,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
     /// waits for a request or receives its head, this future holds the stream, the head read
     /// so far and a timer; everything a request needs beyond that lives in one box per
     /// request ([`Connections::request`]), freed once it is answered.
-    async fn serve_h1(self: Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
+    async fn serve_h1(self: Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        // The write buffer exists only while a response is written (the listener's is off).
+        let mut stream: Stream = Box::new(wbuf::Buffered::new(stream));
         let mut settings: Option<HttpPersistentSettings> = None;
         // Bytes of the next request already read (by the fast path, or past a request's end).
         let mut read: Option<BytesMut> = None;

@@ -8,6 +8,7 @@ pub mod origin;
 pub mod reload;
 pub mod tls;
 pub mod upgrade;
+pub mod wbuf;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -402,21 +403,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_fast(fast),
     );
     if let Some(addr) = &plain_listen {
-        // No socket read buffer per client connection (pingora's default: 64 KiB): the
-        // connection loop reads each request's first bytes through a per-thread scratch
-        // buffer and its head into a buffer of its own (`conn::next_request`), so an idle
-        // keep-alive connection holds none.
+        // No socket buffers per client connection (pingora's defaults: 64 KiB to read,
+        // 1,460 bytes to write, for the connection's whole life): the connection loop reads
+        // each request's first bytes through a per-thread scratch buffer and its head into a
+        // buffer of its own (`conn::next_request`), and buffers writes only while a response
+        // is written (`wbuf`), so an idle keep-alive connection holds neither.
         svc.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr)
-                .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0)),
+                .l4_buffer(pingora::listeners::L4BufferSettings::unbuffered()),
         );
     }
     if let (Some(addr), Some(certs)) = (&args.tls_listen, &certs) {
-        // No socket read buffer either: rustls reads whole records into its own buffer.
+        // No socket buffers either: rustls reads whole records into its own buffer, and
+        // HTTP/1.1 responses are buffered above TLS (`wbuf`), so a response's head and small
+        // body make one record; HTTP/2 buffers its own frames.
         svc.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr)
                 .tls(tls::settings(certs, true)?)
-                .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0)),
+                .l4_buffer(pingora::listeners::L4BufferSettings::unbuffered()),
         );
     }
     server.add_service(svc);

@@ -1,0 +1,216 @@
+//! A client connection's write buffer, held only while a response is being written.
+//!
+//! pingora's socket stream allocates its write buffer (1,460 bytes) when a connection is
+//! accepted and keeps it as long as the connection lives, so every idle keep-alive connection
+//! holds one. switchyard's listeners turn that buffer off; the connection loop wraps each
+//! HTTP/1.x connection in [`Buffered`] instead, which allocates its buffer on the first write
+//! of a response and frees it once a flush has sent everything. The head and a small body of
+//! a response still leave in one write (and over TLS, in one record), and an idle connection
+//! holds no buffer.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Size of the buffer while it exists (pingora's own default: one TCP segment). A write at
+/// least this large goes straight to the connection.
+pub const WRITE_BUFFER: usize = 1460;
+
+/// A connection whose writes are buffered only between the first write of a response and the
+/// flush that ends it; reads and everything else go to the connection itself.
+#[derive(Debug)]
+pub struct Buffered {
+    inner: Stream,
+    /// Bytes written and not sent yet; no allocation while empty after a flush.
+    buf: Vec<u8>,
+    /// How much of `buf` is already sent (a flush may take several writes).
+    sent: usize,
+}
+
+impl Buffered {
+    pub fn new(inner: Stream) -> Buffered {
+        Buffered {
+            inner,
+            buf: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Sends what is buffered; frees the buffer once all of it is sent.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.buf.len() {
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..])) {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the connection took no bytes",
+                    )))
+                }
+                Ok(n) => self.sent += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+        }
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Buffered {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Buffered {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() + data.len() > WRITE_BUFFER {
+            ready!(this.poll_send(cx))?;
+        }
+        if data.len() >= WRITE_BUFFER {
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        if this.buf.capacity() == 0 {
+            this.buf.reserve_exact(WRITE_BUFFER);
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Buffered {
+    async fn shutdown(&mut self) {
+        // What is buffered goes out first, as pingora's own buffered stream does.
+        let _ = self.flush().await;
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl UniqueID for Buffered {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Buffered {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Buffered {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Buffered {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Buffered {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Buffered {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn writes_leave_together_at_the_flush_and_the_buffer_goes() {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let mut c = Buffered::new(Box::new(a));
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        c.write_all(b"hello").await.unwrap();
+        assert!(c.buf.capacity() >= WRITE_BUFFER, "buffered until the flush");
+        let mut got = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(50), b.read(&mut got)).await;
+        assert!(early.is_err(), "nothing sent before the flush");
+        c.flush().await.unwrap();
+        assert_eq!(c.buf.capacity(), 0, "no buffer once everything is sent");
+        let n = b.read(&mut got).await.unwrap();
+        assert_eq!(
+            &got[..n],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+        );
+        // A large write goes straight through, after what was buffered, in order.
+        c.write_all(b"head").await.unwrap();
+        let big = vec![b'x'; 10_000];
+        c.write_all(&big).await.unwrap();
+        c.flush().await.unwrap();
+        let mut all = Vec::new();
+        while all.len() < 10_004 {
+            let mut chunk = [0u8; 4096];
+            let n = b.read(&mut chunk).await.unwrap();
+            all.extend_from_slice(&chunk[..n]);
+        }
+        assert!(all.starts_with(b"headxxx") && all.len() == 10_004);
+    }
+}
