@@ -1008,6 +1008,7 @@ pub(crate) fn forwarded_for(
         buf.extend_from_slice(b", ");
     }
     let _ = write!(buf, "{ip}");
-    HeaderValue::from_bytes(&buf)
+    // The buffer becomes the value's bytes, not copied again.
+    HeaderValue::from_maybe_shared(Bytes::from(buf))
         .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))
 }
