@@ -224,15 +224,24 @@ pub(crate) fn failure_body(ctx: &Ctx, msg: &str) -> Bytes {
 
 /// Removes the connection-scoped headers of an upstream response (not for a 101).
 pub(crate) fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
-    // One pass over the few names instead of three removals from both maps (values and case)
-    // for headers most responses do not carry.
-    let present = resp
-        .headers
-        .keys()
-        .any(|n| *n == header::CONNECTION || *n == KEEP_ALIVE || *n == PROXY_CONNECTION);
-    if present && resp.status.as_u16() != 101 {
+    if resp.status.as_u16() == 101 {
+        return;
+    }
+    // One pass over the few names, then a removal (from both maps, values and case) only for
+    // the ones there (nginx sends `Connection`; the other two are rarely there).
+    let (mut connection, mut keep_alive, mut proxy_connection) = (false, false, false);
+    for n in resp.headers.keys() {
+        connection |= *n == header::CONNECTION;
+        keep_alive |= *n == KEEP_ALIVE;
+        proxy_connection |= *n == PROXY_CONNECTION;
+    }
+    if connection {
         resp.remove_header(&header::CONNECTION);
+    }
+    if keep_alive {
         resp.remove_header(&KEEP_ALIVE);
+    }
+    if proxy_connection {
         resp.remove_header(&PROXY_CONNECTION);
     }
 }
@@ -567,15 +576,25 @@ impl Proxy {
             let r = &table.routes[ri];
             let headers = &req.headers;
             let get = |name: &str| headers.get(name).map(|v| v.as_bytes());
+            // The first value of each, as `get` gives it, found in one pass over the (few)
+            // headers instead of three lookups.
+            let override_header = table.proxy.override_header.as_ref();
+            let (mut override_name, mut override_secret, mut cookies) = (None, None, None);
+            for (name, value) in headers.iter() {
+                if cookies.is_none() && *name == header::COOKIE {
+                    cookies = Some(value.as_bytes());
+                }
+                if override_secret.is_none() && *name == SECRET {
+                    override_secret = Some(value.as_bytes());
+                }
+                if override_name.is_none() && Some(name) == override_header {
+                    override_name = Some(value.as_bytes());
+                }
+            }
             let steering = Steering {
-                override_name: table
-                    .proxy
-                    .override_header
-                    .as_ref()
-                    .and_then(|h| headers.get(h))
-                    .map(|v| v.as_bytes()),
-                override_secret: headers.get(&SECRET).map(|v| v.as_bytes()),
-                cookies: headers.get(header::COOKIE).map(|v| v.as_bytes()),
+                override_name,
+                override_secret,
+                cookies,
                 header: &get,
                 client_ip,
                 random_bucket: rand::random_range(0..crate::routing::split::BUCKETS),
