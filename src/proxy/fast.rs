@@ -21,7 +21,6 @@ use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::v1::server::HttpSession as ClientSession;
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::Peer;
@@ -72,17 +71,30 @@ pub fn stock_reason(req: &RequestHeader) -> Option<&'static str> {
         return Some("not origin-form");
     }
     let h = &req.headers;
-    if h.contains_key(header::UPGRADE) {
+    // One pass over the (few) names instead of a lookup for each.
+    let (mut upgrade, mut expect, mut te, mut connection, mut length) =
+        (false, false, false, false, false);
+    for name in h.keys() {
+        upgrade |= *name == header::UPGRADE;
+        expect |= *name == header::EXPECT;
+        te |= *name == header::TRANSFER_ENCODING;
+        connection |= *name == header::CONNECTION;
+        length |= *name == header::CONTENT_LENGTH;
+    }
+    if upgrade {
         return Some("upgrade");
     }
-    if h.contains_key(header::EXPECT) {
+    if expect {
         return Some("expect");
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
+    if te {
         return Some("transfer-encoding");
     }
-    if sanitize::check_connection(req).is_err() {
+    if connection && sanitize::check_connection(req).is_err() {
         return Some("connection nominations");
+    }
+    if !length {
+        return None;
     }
     let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
     if let Some(cl) = lengths.next() {
@@ -150,6 +162,20 @@ impl Engine {
     /// request read past its end; usually empty).
     pub async fn serve(
         &self,
+        stream: Stream,
+        prefix: BytesMut,
+        shutdown: &ShutdownWatch,
+    ) -> Served {
+        // The request's state lives in its own box, built small (the HTTP/1 sessions are boxed
+        // too, connecting is boxed): the caller's future, which the connection loop boxes and
+        // its guard moves on every request, then holds only this pointer. Inline, the state
+        // was kilobytes, copied several times per request.
+        Box::pin(self.serve_boxed(stream, prefix, shutdown)).await
+    }
+
+    /// [`Engine::serve`], in its box.
+    async fn serve_boxed(
+        &self,
         mut stream: Stream,
         prefix: BytesMut,
         shutdown: &ShutdownWatch,
@@ -168,7 +194,7 @@ impl Engine {
             // A head longer than MAX_HEAD, or cut short: pingora's parser reads on from here.
             return Served::Stock(stream, raw);
         }
-        let mut client = ClientSession::new(stream);
+        let mut client = Box::new(ClientSession::new(stream));
         // As the stock loop does before pingora reads the head.
         client.set_server_keepalive(Some(self.idle_secs));
         client.set_pipelined_prefix(BytesMut::from(&raw[..]));
@@ -195,15 +221,16 @@ impl Engine {
         if *shutdown.borrow() {
             client.set_server_keepalive(None);
         }
-        let mut session = ServerSession::H1(client);
-        let keep = self.request(&mut session).await;
+        let keep = self.request(&mut client).await;
         if !keep {
-            if let ServerSession::H1(c) = &mut session {
-                c.shutdown().await;
-            }
+            client.shutdown().await;
             return Served::Closed;
         }
-        match session.finish().await {
+        // What `ServerSession::finish` does for HTTP/1.
+        if client.finish_body().await.is_err() {
+            return Served::Closed;
+        }
+        match (*client).reuse().await {
             Ok(Some(reusable)) => {
                 let (stream, prefix) = reusable.into_parts();
                 match prefix {
@@ -217,7 +244,7 @@ impl Engine {
 
     /// One request on `session`, its head read. True when the client connection may be
     /// reused (the response completed and nothing failed).
-    async fn request(&self, session: &mut ServerSession) -> bool {
+    async fn request(&self, session: &mut ClientSession) -> bool {
         let mut ctx = Ctx::new();
         let ip = client_ip(session.client_addr());
         let (keep, status, err) = self.run(session, &mut ctx, ip).await;
@@ -234,7 +261,7 @@ impl Engine {
     /// Admits, proxies and answers; returns (client reusable, status sent by us, error).
     async fn run(
         &self,
-        session: &mut ServerSession,
+        session: &mut ClientSession,
         ctx: &mut Ctx,
         ip: Option<std::net::IpAddr>,
     ) -> (bool, u16, Option<Box<Error>>) {
@@ -250,11 +277,11 @@ impl Engine {
                 };
                 let r = if keep {
                     match session.write_response_header(Box::new(head)).await {
-                        Ok(()) => session.write_response_body(body, true).await,
+                        Ok(()) => write_last_body(session, &body).await,
                         Err(e) => Err(e),
                     }
                 } else {
-                    session.write_error_response(head, body).await
+                    write_error_response(session, head, body).await
                 };
                 return (keep && r.is_ok(), status, r.err());
             }
@@ -264,7 +291,13 @@ impl Engine {
         // send it again.
         let mut body = BytesMut::new();
         loop {
-            match session.read_request_body().await {
+            // A finished (or absent) body reads as `None` at once: asked first, it costs no
+            // read call (and no timeout wrapper around one).
+            if session.is_body_done() {
+                edge::body_progress(0, true);
+                break;
+            }
+            match session.read_body_bytes().await {
                 Ok(Some(b)) => {
                     edge::body_progress(b.len(), false);
                     body.extend_from_slice(&b);
@@ -290,7 +323,7 @@ impl Engine {
     /// Answers a failed request the way `fail_to_proxy` does, and closes the connection.
     async fn fail(
         &self,
-        session: &mut ServerSession,
+        session: &mut ClientSession,
         ctx: &mut Ctx,
         e: Box<Error>,
     ) -> (bool, u16, Option<Box<Error>>) {
@@ -304,7 +337,7 @@ impl Engine {
                         resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())
                     });
                 if ok.is_ok() {
-                    let _ = session.write_error_response(resp, body).await;
+                    let _ = write_error_response(session, resp, body).await;
                 }
             }
         }
@@ -315,7 +348,7 @@ impl Engine {
     /// One attempt on the upstream `ctx` chooses next.
     async fn attempt(
         &self,
-        session: &mut ServerSession,
+        session: &mut ClientSession,
         ctx: &mut Ctx,
         ip: Option<std::net::IpAddr>,
         body: &Bytes,
@@ -324,7 +357,9 @@ impl Engine {
         let key = peer.reuse_hash();
         let (stream, reused) = match pool::take(key) {
             Some(s) => (s, true),
-            None => match self.connector.new_stream(&*peer).await {
+            // Boxed: connecting is the rare case, and its future is large (kilobytes) for
+            // every request's state to carry.
+            None => match Box::pin(self.connector.new_stream(&*peer)).await {
                 Ok(s) => (s, false),
                 Err(e) => {
                     let e = ctx.connect_failed(e.into_up());
@@ -336,7 +371,7 @@ impl Engine {
                 }
             },
         };
-        let mut up = UpstreamSession::new(stream);
+        let mut up = Box::new(UpstreamSession::new(stream));
         up.read_timeout = peer.options.read_timeout;
         up.write_timeout = peer.options.write_timeout;
         let method = session.req_header().method.clone();
@@ -349,7 +384,7 @@ impl Engine {
                     "no upstream chosen",
                 )));
             };
-            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            let tls = session.digest().ssl_digest.is_some();
             let client = session.req_header();
             let mut req = sanitize::upstream_request(
                 client,
@@ -421,10 +456,10 @@ impl Engine {
         let end = up.is_body_done();
         let no_body = method == Method::HEAD || matches!(status, 204 | 304);
         if !no_body
+            && !end
             && !resp.status.is_informational()
             && resp.headers.get(header::TRANSFER_ENCODING).is_none()
             && resp.headers.get(header::CONTENT_LENGTH).is_none()
-            && !end
         {
             resp.set_version(Version::HTTP_11);
             if let Err(e) = resp.insert_header(header::TRANSFER_ENCODING, "chunked") {
@@ -437,12 +472,7 @@ impl Engine {
         if let Err(e) = session.write_response_header(resp).await {
             return Err(Attempt::Broken(e.into_down()));
         }
-        let ServerSession::H1(client) = session else {
-            return Err(Attempt::Broken(Error::explain(
-                ErrorType::InternalError,
-                "not an HTTP/1 session",
-            )));
-        };
+        let client = session;
         loop {
             let chunk = match up.read_body_ref().await {
                 Ok(Some(b)) => b,
@@ -463,7 +493,7 @@ impl Engine {
             return Err(Attempt::Broken(e.into_down()));
         }
         up.respect_keepalive();
-        if let Some(stream) = up.reuse().await {
+        if let Some(stream) = (*up).reuse().await {
             pool::put(key, stream);
         }
         Ok(())
@@ -485,6 +515,33 @@ impl Engine {
             Attempt::Failed(e)
         }
     }
+}
+
+/// The last piece of a response body, then its end (`ServerSession::write_response_body`
+/// with `end` for HTTP/1).
+async fn write_last_body(session: &mut ClientSession, body: &[u8]) -> pingora::Result<()> {
+    if !body.is_empty() {
+        session.write_body(body).await?;
+    }
+    session.finish_body().await?;
+    Ok(())
+}
+
+/// An answer generated here, with the connection closed after it
+/// (`ServerSession::write_error_response` for HTTP/1).
+async fn write_error_response(
+    session: &mut ClientSession,
+    resp: ResponseHeader,
+    body: Bytes,
+) -> pingora::Result<()> {
+    session.set_server_keepalive(None);
+    if let Some(written) = session.response_written() {
+        if !written.status.is_informational() || written.status == 101 {
+            return Ok(());
+        }
+    }
+    session.write_response_header(Box::new(resp)).await?;
+    write_last_body(session, &body).await
 }
 
 /// How an attempt ended, when it did not complete.
@@ -540,6 +597,44 @@ mod tests {
         let mut old = req("GET", b"/", &[]);
         old.set_version(Version::HTTP_10);
         assert!(stock_reason(&old).is_some());
+    }
+
+    /// The future the connection loop boxes (and its guard moves) per request holds only a
+    /// pointer; the boxed request state stays below the size where glibc's `memcpy` switches
+    /// to `rep movsb` (4 KiB), as it was built once and copied into its box.
+    #[tokio::test]
+    async fn request_state_stays_small() {
+        let proxy = Proxy {
+            store: std::sync::Arc::new(crate::routing::store::TableStore::new(
+                crate::routing::table::RouteTable::empty(),
+            )),
+            access_log: None,
+            limits: std::sync::Arc::new(limits::Limits::default()),
+        };
+        let engine = Engine::new(proxy, &Default::default(), 60);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(c));
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let outer = engine.serve(stream, BytesMut::new(), &shutdown);
+        assert!(
+            std::mem::size_of_val(&outer) <= 256,
+            "{}",
+            std::mem::size_of_val(&outer)
+        );
+        drop(outer);
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(c));
+        let inner = engine.serve_boxed(stream, BytesMut::new(), &shutdown);
+        assert!(
+            std::mem::size_of_val(&inner) < 4096,
+            "{}",
+            std::mem::size_of_val(&inner)
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -27,8 +28,31 @@ struct Idle {
     since: Instant,
 }
 
+/// Hashes a key that already is a hash (`Peer::reuse_hash`) by taking it as it is: hashing it
+/// again (SipHash) cost more than the rest of a checkout.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Pools = HashMap<u64, Vec<Idle>, BuildHasherDefault<KeyHasher>>;
+
 thread_local! {
-    static POOL: RefCell<HashMap<u64, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<Pools> = RefCell::new(Pools::default());
 }
 
 /// A live idle connection for `key`, most recently released first; `None` when there is
@@ -88,6 +112,18 @@ mod tests {
         let c = tokio::net::TcpStream::connect(a).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
         (Box::new(pingora::protocols::l4::stream::Stream::from(c)), s)
+    }
+
+    #[tokio::test]
+    async fn keys_are_kept_apart() {
+        let (a, _pa) = pair().await;
+        let (b, _pb) = pair().await;
+        put(u64::MAX, a);
+        put(1 << 63, b);
+        assert!(take(u64::MAX).is_some());
+        assert!(take(u64::MAX).is_none());
+        assert!(take(1 << 63).is_some());
+        assert_eq!(idle_count(), 0);
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
@@ -35,6 +35,9 @@ use pingora::{Error, ErrorType, OrErr, Result};
 use crate::routing::table::{HostHeader, Upstream};
 
 const MAX_CONNECTION_NOMINATIONS: usize = 10;
+/// Largest capacity the upstream header map is sized with up front (pingora's own bound:
+/// `http` refuses a map over 2^15 entries).
+const MAX_HEADER_COUNT: usize = 4096;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -182,9 +185,11 @@ pub fn upstream_request(
         Some(p) => p.as_bytes(),
         None => src.raw_path(),
     };
-    let mut req =
-        RequestHeader::build_no_case(src.method.clone(), target, Some(src.headers.len() + 4))?;
-    req.set_version(Version::HTTP_11);
+    // The target first (its errors come first); the header map is built apart, sized once,
+    // with the names as they are (`append_header` turns each name into a case name and parses
+    // it back, allocating twice for every non-standard one), and put in at the end.
+    let shell = RequestHeader::build_no_case(src.method.clone(), target, Some(0))?;
+    let mut headers = HeaderMap::with_capacity((src.headers.len() + 4).min(MAX_HEADER_COUNT));
     let fixed_host = match &up.host {
         HostHeader::Fixed(h) => Some(
             HeaderValue::from_str(h)
@@ -217,7 +222,7 @@ pub fn upstream_request(
         if *name == header::HOST && fixed_host.is_some() {
             if !repeat {
                 if let Some(h) = fixed_host.clone() {
-                    req.append_header(header::HOST, h)?;
+                    append(&mut headers, header::HOST, h)?;
                 }
                 host_done = true;
             }
@@ -226,7 +231,7 @@ pub fn upstream_request(
         if *name == X_FORWARDED_FOR && xff.is_some() {
             if !repeat {
                 if let Some(v) = xff.clone() {
-                    req.append_header(X_FORWARDED_FOR.clone(), v)?;
+                    append(&mut headers, X_FORWARDED_FOR.clone(), v)?;
                 }
                 xff_done = true;
             }
@@ -234,7 +239,7 @@ pub fn upstream_request(
         }
         if *name == X_FORWARDED_PROTO {
             if !repeat {
-                req.append_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
+                append(&mut headers, X_FORWARDED_PROTO.clone(), proto.clone())?;
                 xfp_done = true;
             }
             continue;
@@ -242,42 +247,78 @@ pub fn upstream_request(
         if *name == X_FORWARDED_HOST && client_host.is_some() {
             if !repeat {
                 if let Some(h) = client_host.clone() {
-                    req.append_header(X_FORWARDED_HOST.clone(), h)?;
+                    append(&mut headers, X_FORWARDED_HOST.clone(), h)?;
                 }
                 xfh_done = true;
             }
             continue;
         }
-        req.append_header(name.clone(), value.clone())?;
+        append(&mut headers, name.clone(), value.clone())?;
     }
     if websocket {
-        req.append_header(header::CONNECTION, HeaderValue::from_static("Upgrade"))?;
-        req.append_header(header::UPGRADE, HeaderValue::from_static("websocket"))?;
+        append(
+            &mut headers,
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade"),
+        )?;
+        append(
+            &mut headers,
+            header::UPGRADE,
+            HeaderValue::from_static("websocket"),
+        )?;
     }
     match (host_done, fixed_host) {
         (false, Some(h)) => {
-            req.append_header(header::HOST, h)?;
+            append(&mut headers, header::HOST, h)?;
         }
         // HTTP/2 has no Host header: the `:authority` stands for it (RFC 9113 §8.3.1).
         (false, None) if !src.headers.contains_key(header::HOST) => {
             if let Some(a) = src.uri.authority() {
                 let h = HeaderValue::from_str(a.as_str())
                     .or_err(ErrorType::InvalidHTTPHeader, "request authority")?;
-                req.append_header(header::HOST, h)?;
+                append(&mut headers, header::HOST, h)?;
             }
         }
         _ => {}
     }
     if let (false, Some(v)) = (xff_done, xff) {
-        req.append_header(X_FORWARDED_FOR.clone(), v)?;
+        append(&mut headers, X_FORWARDED_FOR.clone(), v)?;
     }
     if !xfp_done {
-        req.append_header(X_FORWARDED_PROTO.clone(), proto.clone())?;
+        append(&mut headers, X_FORWARDED_PROTO.clone(), proto.clone())?;
     }
     if let (false, Some(h)) = (xfh_done, client_host) {
-        req.append_header(X_FORWARDED_HOST.clone(), h)?;
+        append(&mut headers, X_FORWARDED_HOST.clone(), h)?;
+    }
+    let mut parts = http::request::Parts::from(shell);
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    let target_kept = shell_target_kept(&parts, target);
+    let mut req = RequestHeader::from(parts);
+    if !target_kept {
+        // A target the URI does not reproduce (absolute-form, not UTF-8): stored verbatim
+        // again, as `build_no_case` did (it succeeded above, so it succeeds again).
+        req.set_raw_path(target)?;
     }
     Ok(req)
+}
+
+/// Whether the URI of `parts` reproduces `target` byte for byte, so the header rebuilt from
+/// them sends the same request line without keeping the target apart.
+fn shell_target_kept(parts: &http::request::Parts, target: &[u8]) -> bool {
+    std::str::from_utf8(target).is_ok()
+        && parts
+            .uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str().as_bytes() == target)
+}
+
+/// Appends to a header map being built (no case map, as `build_no_case`).
+fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> Result<()> {
+    headers.try_append(name, value).map(|_| ()).or_err(
+        ErrorType::InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )
 }
 
 /// The checks pingora-proxy runs after the request filters (standard authority policy):
@@ -405,6 +446,48 @@ mod tests {
         r
     }
 
+    fn upstream() -> Upstream {
+        Upstream::new(
+            "t",
+            vec!["127.0.0.1:1".into()],
+            false,
+            String::new(),
+            HostHeader::Client,
+            None,
+            None,
+            None,
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(1),
+            None,
+            Default::default(),
+        )
+    }
+
+    /// The header map is rebuilt apart from the target: a target the URI does not reproduce
+    /// still goes out as received (less a fragment), as `build_no_case` stores it.
+    #[test]
+    fn targets_go_out_as_build_no_case_keeps_them() {
+        let targets: [&[u8]; 6] = [
+            b"/a?b",
+            b"http://a.test/x?y",
+            b"/caf\xe9?q",
+            b"/a#frag",
+            b"*",
+            b"",
+        ];
+        for target in targets {
+            let mut src = RequestHeader::build("GET", target, None).unwrap();
+            src.append_header("host", "a.test").unwrap();
+            let out = upstream_request(&src, &upstream(), None, None, false).unwrap();
+            let want = RequestHeader::build_no_case("GET", src.raw_path(), None).unwrap();
+            assert_eq!(out.raw_path(), want.raw_path(), "{target:?}");
+            assert_eq!(out.raw_path_is_utf8(), want.raw_path_is_utf8());
+            assert_eq!(out.uri, want.uri);
+            assert_eq!(out.version, Version::HTTP_11);
+            assert!(!out.has_case());
+        }
+    }
+
     #[test]
     fn nominations_follow_pingora() {
         assert!(check_connection(&req(&[("connection", "close, x-a")])).is_ok());
@@ -424,21 +507,7 @@ mod tests {
             ("te", "trailers"),
             ("accept", "*/*"),
         ]);
-        let up = Upstream::new(
-            "t",
-            vec!["127.0.0.1:1".into()],
-            false,
-            String::new(),
-            HostHeader::Client,
-            None,
-            None,
-            None,
-            std::time::Duration::from_secs(1),
-            std::time::Duration::from_secs(1),
-            None,
-            Default::default(),
-        );
-        let out = upstream_request(&r, &up, None, None, false).unwrap();
+        let out = upstream_request(&r, &upstream(), None, None, false).unwrap();
         let names: Vec<&str> = out.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
