@@ -141,9 +141,14 @@ impl Maria {
 
     async fn spawn(&mut self, extra: &[&str]) {
         let base = self.dir.parent().unwrap().to_path_buf();
+        // Its own temporary directory: with the shared /tmp, a server's internal temporary
+        // tables were once deleted under it ("Error on delete of '/tmp/#sql-temptable-...'").
+        let tmpdir = base.join("tmp");
+        std::fs::create_dir_all(&tmpdir).unwrap();
         let child = Command::new(which(&["mariadbd", "mysqld"]))
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.dir.display()))
+            .arg(format!("--tmpdir={}", tmpdir.display()))
             .arg(format!("--socket={}", base.join("sock").display()))
             .arg(format!("--pid-file={}", base.join("pid").display()))
             .arg(format!("--log-error={}", base.join("err.log").display()))
