@@ -549,25 +549,9 @@ async fn websocket_echo_through_a_route_and_idle_timeout() {
     let o = RawOrigin::start().await;
     let (p, _d) = start(&o, &[]).await;
     let mut c = RawClient::connect(p.addr).await;
-    let key = "dGhlIHNhbXBsZSBub25jZQ==";
-    c.send(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await;
-    let r = c.response().await.expect("101");
-    assert_eq!(r.status, 101);
-    assert_eq!(r.header("sec-websocket-accept"), Some(ws::accept_key(key)));
-    let mut left = c.leftover().to_vec();
+    let mut left = upgrade(&mut c).await;
     for msg in ["hello", "again"] {
-        let f = ws::encode(1, msg.as_bytes(), Some([1, 2, 3, 4]));
-        tokio::io::AsyncWriteExt::write_all(&mut c.s, &f)
-            .await
-            .unwrap();
-        let back = ws::read_frame(&mut c.s, &mut left).await.expect("echo");
+        let back = echo(&mut c, &mut left, msg).await.expect("echo");
         assert_eq!((back.opcode, back.payload.as_slice()), (1, msg.as_bytes()));
     }
     let m = metrics(&p).await;
@@ -591,7 +575,7 @@ async fn websocket_echo_through_a_route_and_idle_timeout() {
     assert!(gone, "the idle upgraded connection is still counted");
 }
 
-/// Upgrades `c` on `/ws`; the bytes read past the 101.
+/// Upgrades `c` on `/ws` (checking the 101 and its accept key); the bytes read past the 101.
 async fn upgrade(c: &mut RawClient) -> Vec<u8> {
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     c.send(
@@ -604,6 +588,7 @@ async fn upgrade(c: &mut RawClient) -> Vec<u8> {
     .await;
     let r = c.response().await.expect("101");
     assert_eq!(r.status, 101);
+    assert_eq!(r.header("sec-websocket-accept"), Some(ws::accept_key(key)));
     c.leftover().to_vec()
 }
 

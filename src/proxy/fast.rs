@@ -37,9 +37,6 @@ use super::{
 pub const MAX_BODY: u64 = 64 * 1024;
 /// First read of a request head; longer heads are read in more steps.
 const HEAD_BUFFER: usize = 4096;
-/// Longest request head read before the request is handed to the stock path, whose parser
-/// then reads the rest and answers as it does for any long head.
-const MAX_HEAD: usize = 64 * 1024;
 
 /// The fast path's shared state: the proxy's decisions and an upstream connector.
 pub struct Engine {
@@ -106,31 +103,12 @@ pub fn stock_reason(req: &RequestHeader) -> Option<&'static str> {
     None
 }
 
-/// Index just past the blank line ending a request head in `buf`, if it is there (lines end
-/// in LF or CRLF, as httparse accepts).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = memchr_lf(&buf[from..]) {
-        let at = from + i + 1;
-        match buf.get(at) {
-            Some(b'\n') => return Some(at + 1),
-            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return Some(at + 2),
-            Some(_) => from = at,
-            None => return None,
-        }
-    }
-    None
-}
-
-fn memchr_lf(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
-}
-
-/// Reads a request head into `buf` until its end is there, the client stops, or `MAX_HEAD`.
-/// `Ok(false)`: the client closed before sending anything.
+/// Reads a request head into `buf` until its end is there, the client stops, or
+/// [`edge::MAX_HEAD`]. The connection loop has usually read it already ([`edge::read_head`],
+/// under the head deadline); `Ok(false)`: the client closed before sending anything.
 async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> std::io::Result<bool> {
     loop {
-        if head_end(buf).is_some() || buf.len() >= MAX_HEAD {
+        if edge::head_end(buf).is_some() || buf.len() >= edge::MAX_HEAD {
             return Ok(true);
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -158,8 +136,8 @@ impl Engine {
         }
     }
 
-    /// Serves the next request on `stream`, whose first bytes are `prefix` (bytes a previous
-    /// request read past its end; usually empty).
+    /// Serves the next request on `stream`, whose first bytes are `prefix` (the connection
+    /// loop reads the head before it calls this: the whole head, maybe more).
     pub async fn serve(
         &self,
         stream: Stream,
@@ -190,7 +168,7 @@ impl Engine {
             Ok(false) | Err(_) => return Served::Closed,
         }
         let raw = buf.freeze();
-        if head_end(&raw).is_none() {
+        if edge::head_end(&raw).is_none() {
             // A head longer than MAX_HEAD, or cut short: pingora's parser reads on from here.
             return Served::Stock(stream, raw);
         }
@@ -211,7 +189,7 @@ impl Engine {
         edge::head_done();
         // A head over a limit goes to the stock path too, which answers 414/431 the same way
         // for both engines.
-        let head_len = head_end(&raw).unwrap_or(raw.len());
+        let head_len = edge::head_end(&raw).unwrap_or(raw.len());
         if stock_reason(client.req_header()).is_some()
             || limits::check_head(head_len, client.req_header(), &self.proxy.limits).is_err()
         {
@@ -635,12 +613,5 @@ mod tests {
             "{}",
             std::mem::size_of_val(&inner)
         );
-    }
-
-    #[test]
-    fn head_end_accepts_lf_and_crlf() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nxyz"), Some(24));
-        assert_eq!(head_end(b"GET / HTTP/1.1\nA: b\n\n"), Some(21));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
     }
 }
