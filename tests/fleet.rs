@@ -589,7 +589,11 @@ async fn etcd_over_tls_with_a_password() {
     assert_eq!(a.version().await, 1);
     let r = patch_users(&a, "new").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(a.fleet().await["nodes"][0]["version"], 2);
+    // The node reports what it serves in its own etcd key, a moment after it applied it.
+    until("a to report version 2 in the fleet", 10, || async {
+        a.fleet().await["nodes"][0]["version"] == 2
+    })
+    .await;
     // The version is in etcd, readable only with the password.
     let mut c =
         etcd_client::Client::connect([etcd.url.as_str()], Some(tls().with_user("root", "s3cret")))
