@@ -333,21 +333,8 @@ async fn connection_cap_closes_the_extra_connection() {
     let o = RawOrigin::start().await;
     let (p, _d) = start(&o, &["--max-connections", "3"]).await;
     let mut open = Vec::new();
-    // The harness's readiness probe may still hold a place for a moment: retry (bounded).
     for _ in 0..3 {
-        let mut tries = 0;
-        let c = loop {
-            let mut c = RawClient::connect(p.addr).await;
-            let req = head("/k", &[]);
-            let _ = tokio::io::AsyncWriteExt::write_all(&mut c.s, req.as_bytes()).await;
-            if c.response().await.map(|r| r.status) == Some(200) {
-                break c;
-            }
-            tries += 1;
-            assert!(tries < 50, "could not open the first connections");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        open.push(c);
+        open.push(served_connection(|| RawClient::connect(p.addr)).await);
     }
     let mut extra = RawClient::connect(p.addr).await;
     let _ = tokio::io::AsyncWriteExt::write_all(&mut extra.s, head("/k", &[]).as_bytes()).await;
@@ -371,6 +358,26 @@ async fn connection_cap_closes_the_extra_connection() {
     assert!(rejected(&m, "connection_cap") >= 1.0);
 }
 
+/// A connection `connect` opens that got a `200` for a GET: kept alive, it holds a place
+/// under the caps. The harness's readiness probe may still hold a place for a moment, so a
+/// refused connection is retried (bounded).
+async fn served_connection<F, Fut>(connect: F) -> RawClient
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = RawClient>,
+{
+    for _ in 0..50 {
+        let mut c = connect().await;
+        let req = head("/k", &[]);
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut c.s, req.as_bytes()).await;
+        if c.response().await.map(|r| r.status) == Some(200) {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not open the first connections");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_cap_leaves_other_addresses_alone() {
     let o = RawOrigin::start().await;
@@ -381,21 +388,8 @@ async fn per_ip_cap_leaves_other_addresses_alone() {
         RawClient::from(s.connect(p.addr).await.unwrap())
     };
     let mut open = Vec::new();
-    // The harness's readiness probe may still hold a place for a moment: retry (bounded).
     for _ in 0..2 {
-        let mut tries = 0;
-        let c = loop {
-            let mut c = from("127.0.0.1").await;
-            let req = head("/k", &[]);
-            let _ = tokio::io::AsyncWriteExt::write_all(&mut c.s, req.as_bytes()).await;
-            if c.response().await.map(|r| r.status) == Some(200) {
-                break c;
-            }
-            tries += 1;
-            assert!(tries < 50, "could not open the first connections");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        open.push(c);
+        open.push(served_connection(|| from("127.0.0.1")).await);
     }
     let mut third = from("127.0.0.1").await;
     let _ = tokio::io::AsyncWriteExt::write_all(&mut third.s, head("/k", &[]).as_bytes()).await;

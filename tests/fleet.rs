@@ -152,15 +152,19 @@ async fn a_change_through_one_node_is_served_by_all() {
     assert_eq!(statuses, [200, 409], "{} / {}", r1.body, r2.body);
 
     // Rollback through C (with the CLI's --wait-fleet) reaches A and B.
-    let out = cli(&[
-        "rollback",
-        "users",
-        "--reason",
-        "fleet test",
-        "--wait-fleet=10s",
-        "--admin",
-        &format!("http://{}", c.proxy.admin),
-    ]);
+    let admin_c = format!("http://{}", c.proxy.admin);
+    let rollback_via_c = || {
+        cli(&[
+            "rollback",
+            "users",
+            "--reason",
+            "fleet test",
+            "--wait-fleet=10s",
+            "--admin",
+            &admin_c,
+        ])
+    };
+    let out = rollback_via_c();
     // users went to `new` without fallback above: give it one first, then roll back.
     assert!(!out.status.success(), "no fallback: refused");
     let r = c
@@ -172,15 +176,7 @@ async fn a_change_through_one_node_is_served_by_all() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let out = cli(&[
-        "rollback",
-        "users",
-        "--reason",
-        "fleet test",
-        "--wait-fleet=10s",
-        "--admin",
-        &format!("http://{}", c.proxy.admin),
-    ]);
+    let out = rollback_via_c();
     assert!(
         out.status.success(),
         "{}",
