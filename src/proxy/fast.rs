@@ -19,7 +19,6 @@ use bytes::{Bytes, BytesMut};
 use http::{header, Method, Version};
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::v1::server::HttpSession as ClientSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -27,10 +26,7 @@ use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
-use super::{
-    client_ip, edge, failure_answer, failure_body, limits, pool, sanitize,
-    strip_response_hop_by_hop, Ctx, Proxy,
-};
+use super::{client_ip, edge, failure_answer, failure_body, h1, limits, pool, sanitize, Ctx, Proxy};
 
 /// Largest request body the fast path reads whole before sending (pingora's retry buffer:
 /// a bigger body could not be replayed on the stock path either). Bigger bodies go stock.
@@ -199,136 +195,122 @@ impl Engine {
         if *shutdown.borrow() {
             client.set_server_keepalive(None);
         }
-        let keep = self.request(&mut client).await;
-        if !keep {
-            client.shutdown().await;
-            return Served::Closed;
-        }
-        // What `ServerSession::finish` does for HTTP/1.
-        if client.finish_body().await.is_err() {
-            return Served::Closed;
-        }
-        match (*client).reuse().await {
-            Ok(Some(reusable)) => {
-                let (stream, prefix) = reusable.into_parts();
-                match prefix {
-                    Some(p) if !p.is_empty() => Served::Stock(stream, p.freeze()),
-                    _ => Served::Again(stream),
-                }
-            }
-            _ => Served::Closed,
-        }
+        self.request(client).await
     }
 
-    /// One request on `session`, its head read. True when the client connection may be
-    /// reused (the response completed and nothing failed).
-    async fn request(&self, session: &mut ClientSession) -> bool {
+    /// One request on `client`, its head read: admitted, proxied, answered and logged.
+    async fn request(&self, mut client: Box<ClientSession>) -> Served {
         let mut ctx = Ctx::new();
-        let ip = client_ip(session.client_addr());
-        let (keep, status, err) = self.run(session, &mut ctx, ip).await;
-        let written = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .filter(|&s| s != 0)
-            .unwrap_or(status);
-        self.proxy
-            .finish(session.req_header(), written, err.as_deref(), &mut ctx);
-        keep
-    }
-
-    /// Admits, proxies and answers; returns (client reusable, status sent by us, error).
-    async fn run(
-        &self,
-        session: &mut ClientSession,
-        ctx: &mut Ctx,
-        ip: Option<std::net::IpAddr>,
-    ) -> (bool, u16, Option<Box<Error>>) {
-        let admitted = self.proxy.admit(session.req_header(), ip, ctx).await;
-        match admitted {
+        let ip = client_ip(client.client_addr());
+        match self.proxy.admit(client.req_header(), ip, &mut ctx).await {
             Ok(None) => {}
             Ok(Some(refusal)) => {
-                let keep = refusal.keeps_connection();
-                let status = refusal.status();
-                ctx.set_status(status);
-                let Ok((head, body)) = refusal.answer() else {
-                    return (false, status, None);
-                };
-                let r = if keep {
-                    match session.write_response_header(Box::new(head)).await {
-                        Ok(()) => write_last_body(session, &body).await,
-                        Err(e) => Err(e),
-                    }
-                } else {
-                    write_error_response(session, head, body).await
-                };
-                return (keep && r.is_ok(), status, r.err());
+                let (keep, status, err) = refuse(&mut client, &mut ctx, refusal).await;
+                let written = client
+                    .response_written()
+                    .map(|r| r.status.as_u16())
+                    .filter(|&s| s != 0)
+                    .unwrap_or(status);
+                self.proxy
+                    .finish(client.req_header(), written, err.as_deref(), &mut ctx);
+                return reuse_session(client, keep).await;
             }
-            Err(e) => return self.fail(session, ctx, e).await,
+            Err(e) => return self.fail_session(client, ctx, e).await,
         }
         // The body (at most MAX_BODY, checked before) is read whole, so every attempt can
         // send it again.
-        let mut body = BytesMut::new();
-        loop {
-            // A finished (or absent) body reads as `None` at once: asked first, it costs no
-            // read call (and no timeout wrapper around one).
-            if session.is_body_done() {
-                edge::body_progress(0, true);
-                break;
-            }
-            match session.read_body_bytes().await {
-                Ok(Some(b)) => {
-                    edge::body_progress(b.len(), false);
-                    body.extend_from_slice(&b);
-                }
+        let body = match read_body(&mut client).await {
+            Ok(b) => b,
+            Err(e) => return self.fail_session(client, ctx, e.into_down()).await,
+        };
+        let tls = client.digest().ssl_digest.is_some();
+        // The connection leaves pingora's session here (with the bytes of a pipelined next
+        // request): the answer is written by `h1::Downstream`.
+        let keepalive = client.will_keepalive();
+        let req = std::mem::replace(client.req_header_mut(), placeholder());
+        let (stream, next) = if keepalive {
+            match (*client).reuse().await {
+                Ok(Some(reusable)) => reusable.into_parts(),
                 Ok(None) => {
-                    edge::body_progress(0, true);
-                    break;
+                    self.proxy.finish(&req, 0, None, &mut ctx);
+                    return Served::Closed;
                 }
-                Err(e) => return self.fail(session, ctx, e.into_down()).await,
+                Err(e) => {
+                    self.proxy.finish(&req, 0, Some(&e), &mut ctx);
+                    return Served::Closed;
+                }
             }
-        }
-        let body = body.freeze();
-        loop {
-            match self.attempt(session, ctx, ip, &body).await {
-                Ok(()) => return (true, 0, None),
+        } else {
+            (client.into_inner(), None)
+        };
+        let mut down = h1::Downstream::new(stream, keepalive);
+        let (status, err) = loop {
+            match self
+                .attempt(&mut down, &req, &mut ctx, (ip, tls), &body)
+                .await
+            {
+                Ok(()) => break (down.status(), None),
                 Err(Attempt::Retry) => continue,
-                Err(Attempt::Failed(e)) => return self.fail(session, ctx, e).await,
-                Err(Attempt::Broken(e)) => return (false, 0, Some(e)),
-            }
-        }
-    }
-
-    /// Answers a failed request the way `fail_to_proxy` does, and closes the connection.
-    async fn fail(
-        &self,
-        session: &mut ClientSession,
-        ctx: &mut Ctx,
-        e: Box<Error>,
-    ) -> (bool, u16, Option<Box<Error>>) {
-        let (code, msg) = failure_answer(&e);
-        if code > 0 {
-            let body = failure_body(ctx, msg);
-            if let Ok(mut resp) = ResponseHeader::build(code, Some(3)) {
-                let ok = resp
-                    .insert_header(header::CONTENT_TYPE, "application/json")
-                    .and_then(|_| {
-                        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())
-                    });
-                if ok.is_ok() {
-                    let _ = write_error_response(session, resp, body).await;
+                Err(Attempt::Failed(e)) => {
+                    let code = match failure_response(&ctx, &e) {
+                        Some((code, resp, body)) => {
+                            let _ = down.error(resp, &body).await;
+                            code
+                        }
+                        None => failure_answer(&e).0,
+                    };
+                    ctx.set_status(code);
+                    break (if down.started() { down.status() } else { code }, Some(e));
                 }
+                Err(Attempt::Broken(e)) => break (down.status(), Some(e)),
             }
+        };
+        self.proxy.finish(&req, status, err.as_deref(), &mut ctx);
+        if !down.reusable() {
+            down.shutdown().await;
+            return Served::Closed;
         }
-        ctx.set_status(code);
-        (false, code, Some(e))
+        let stream = down.into_stream();
+        match next {
+            Some(p) if !p.is_empty() => Served::Stock(stream, p.freeze()),
+            _ => Served::Again(stream),
+        }
     }
 
-    /// One attempt on the upstream `ctx` chooses next.
+    /// A request that failed before its connection left pingora's session: answered the way
+    /// `fail_to_proxy` does, logged, and the connection closed.
+    async fn fail_session(
+        &self,
+        mut client: Box<ClientSession>,
+        mut ctx: Ctx,
+        e: Box<Error>,
+    ) -> Served {
+        let code = match failure_response(&ctx, &e) {
+            Some((code, resp, body)) => {
+                let _ = write_error_response(&mut client, resp, body).await;
+                code
+            }
+            None => failure_answer(&e).0,
+        };
+        ctx.set_status(code);
+        let written = client
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .filter(|&s| s != 0)
+            .unwrap_or(code);
+        self.proxy
+            .finish(client.req_header(), written, Some(&e), &mut ctx);
+        client.shutdown().await;
+        Served::Closed
+    }
+
+    /// One attempt on the upstream `ctx` chooses next, answering on `down`.
     async fn attempt(
         &self,
-        session: &mut ClientSession,
+        down: &mut h1::Downstream,
+        client: &RequestHeader,
         ctx: &mut Ctx,
-        ip: Option<std::net::IpAddr>,
+        (ip, tls): (Option<std::net::IpAddr>, bool),
         body: &Bytes,
     ) -> std::result::Result<(), Attempt> {
         let peer = ctx.choose_peer().await.map_err(Attempt::Failed)?;
@@ -349,10 +331,12 @@ impl Engine {
                 }
             },
         };
-        let mut up = Box::new(UpstreamSession::new(stream));
-        up.read_timeout = peer.options.read_timeout;
-        up.write_timeout = peer.options.write_timeout;
-        let method = session.req_header().method.clone();
+        let mut up = h1::Upstream::new(
+            stream,
+            peer.options.read_timeout,
+            peer.options.write_timeout,
+        );
+        let method = &client.method;
 
         // The request: switchyard's edits, then pingora's post-filter checks.
         let req = {
@@ -362,8 +346,6 @@ impl Engine {
                     "no upstream chosen",
                 )));
             };
-            let tls = session.digest().ssl_digest.is_some();
-            let client = session.req_header();
             let mut req = sanitize::upstream_request(
                 client,
                 &table.upstreams[u],
@@ -381,100 +363,82 @@ impl Engine {
             req
         };
         ctx.attempt_sending(&req);
+        if !body.is_empty() {
+            ctx.body_chunk(body);
+        }
 
         // Sending: any failure here is before a response, so the attempt may be retried.
         let sent = async {
-            up.write_request_header(Box::new(req)).await?;
-            if !body.is_empty() {
-                ctx.body_chunk(body);
-                up.write_body(body).await?;
-            }
-            up.finish_body().await?;
-            loop {
-                up.read_response().await?;
-                match up.resp_header().map(|r| r.status.as_u16()) {
-                    // 1xx other than 101 (never asked for): skipped, as pingora's client does
-                    // with `ignore_info_resp`.
-                    Some(100..=199) if up.resp_header().is_some_and(|r| r.status != 101) => {}
-                    _ => break,
-                }
-            }
-            Ok::<(), Box<Error>>(())
+            up.send(&req, body).await?;
+            up.read_head(*method == Method::HEAD).await
         }
         .await;
-        if let Err(e) = sent {
-            return Err(self.after_error(ctx, e.into_up(), reused, false, &method));
-        }
-        let Some(mut resp) = up.resp_header().cloned().map(Box::new) else {
-            return Err(Attempt::Failed(Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "no response header",
-            )));
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.after_error(ctx, e.into_up(), reused, false, method)),
         };
-        if resp.status.as_u16() == 101 {
+        let status = resp.status();
+        if status == 101 {
             let e = Error::explain(
                 ErrorType::InvalidHTTPHeader,
                 "101 without an upgrade request",
             );
-            return Err(self.after_error(ctx, e.into_up(), reused, false, &method));
+            return Err(self.after_error(ctx, e.into_up(), reused, false, method));
         }
-        let status = resp.status.as_u16();
-        if let Err(e) = ctx.answered(status, &method, (true, false)) {
+        if let Err(e) = ctx.answered(status, method, (true, false)) {
             // A 5xx moving on: the connection is dropped with its unread body, as stock.
-            let e = ctx.attempt_failed(e, reused, false, &method, (true, false));
+            let e = ctx.attempt_failed(e, reused, false, method, (true, false));
             return Err(if e.retry() {
                 Attempt::Retry
             } else {
                 Attempt::Failed(e)
             });
         }
-        strip_response_hop_by_hop(&mut resp);
         // Close-delimited (HTTP/1.0 style) answers go chunked so the client connection stays
         // usable (pingora-proxy's `h1_response_filter`).
-        let end = up.is_body_done();
-        let no_body = method == Method::HEAD || matches!(status, 204 | 304);
-        if !no_body
-            && !end
-            && !resp.status.is_informational()
-            && resp.headers.get(header::TRANSFER_ENCODING).is_none()
-            && resp.headers.get(header::CONTENT_LENGTH).is_none()
-        {
-            resp.set_version(Version::HTTP_11);
-            if let Err(e) = resp.insert_header(header::TRANSFER_ENCODING, "chunked") {
-                return Err(Attempt::Failed(e));
-            }
-        }
-        if let Err(e) = ctx.responding(&mut resp) {
-            return Err(Attempt::Failed(e));
-        }
-        if let Err(e) = session.write_response_header(resp).await {
-            return Err(Attempt::Broken(e.into_down()));
-        }
-        let client = session;
+        let no_body = *method == Method::HEAD;
+        let chunked = resp.goes_chunked(no_body);
+        let name = ctx.responding_fast(status, || resp.header_map(chunked));
+        down.head(&resp, no_body, chunked, name.as_ref());
         loop {
-            let chunk = match up.read_body_ref().await {
-                Ok(Some(b)) => b,
-                Ok(None) => break,
-                Err(e) => {
-                    // After the head went out nothing can be retried: the client connection
-                    // is closed mid-body, as the stock path does.
-                    let e = ctx.attempt_failed(e.into_up(), reused, true, &method, (true, false));
-                    return Err(Attempt::Broken(e));
-                }
+            let piece = match up.next() {
+                Ok(p) => p,
+                Err(e) => return Err(self.broken(ctx, e, reused, method)),
             };
-            ctx.response_chunk(chunk);
-            if let Err(e) = client.write_body(chunk).await {
-                return Err(Attempt::Broken(e.into_down()));
+            match piece {
+                h1::Piece::Data(n) => {
+                    let data = up.data(n);
+                    ctx.response_chunk(data);
+                    if let Err(e) = down.body(data).await {
+                        return Err(Attempt::Broken(e.into_down()));
+                    }
+                    up.consume(n);
+                }
+                h1::Piece::More => {
+                    // What is gathered goes to the client before waiting for more.
+                    if let Err(e) = down.send().await {
+                        return Err(Attempt::Broken(e.into_down()));
+                    }
+                    if let Err(e) = up.fill().await {
+                        return Err(self.broken(ctx, e, reused, method));
+                    }
+                }
+                h1::Piece::Done => break,
             }
         }
-        if let Err(e) = client.finish_body().await {
+        if let Err(e) = down.finish().await {
             return Err(Attempt::Broken(e.into_down()));
         }
-        up.respect_keepalive();
-        if let Some(stream) = (*up).reuse().await {
+        if let Some(stream) = up.into_reusable() {
             pool::put(key, stream);
         }
         Ok(())
+    }
+
+    /// The upstream failed after the head went to the client: nothing can be retried, the
+    /// client connection is closed mid-body, as the stock path does.
+    fn broken(&self, ctx: &mut Ctx, e: Box<Error>, reused: bool, method: &Method) -> Attempt {
+        Attempt::Broken(ctx.attempt_failed(e.into_up(), reused, true, method, (true, false)))
     }
 
     /// An attempt failed before any response went to the client: retry or give up.
@@ -493,6 +457,100 @@ impl Engine {
             Attempt::Failed(e)
         }
     }
+}
+
+/// Stands in for the request head taken out of a session that is being taken apart.
+fn placeholder() -> RequestHeader {
+    RequestHeader::build_no_case(Method::GET, b"/", Some(0)).unwrap_or_else(|_| {
+        // `build_no_case` of a constant target does not fail; an empty request is as good.
+        RequestHeader::from(http::Request::new(()).into_parts().0)
+    })
+}
+
+/// The whole request body (at most [`MAX_BODY`]) from the client's session.
+async fn read_body(session: &mut ClientSession) -> pingora::Result<Bytes> {
+    let mut body = BytesMut::new();
+    loop {
+        // A finished (or absent) body reads as `None` at once: asked first, it costs no read
+        // call (and no timeout wrapper around one).
+        if session.is_body_done() {
+            edge::body_progress(0, true);
+            break;
+        }
+        match session.read_body_bytes().await? {
+            Some(b) => {
+                edge::body_progress(b.len(), false);
+                body.extend_from_slice(&b);
+            }
+            None => {
+                edge::body_progress(0, true);
+                break;
+            }
+        }
+    }
+    Ok(body.freeze())
+}
+
+/// Answers a refused request from its session; returns (connection reusable, status, error).
+async fn refuse(
+    session: &mut ClientSession,
+    ctx: &mut Ctx,
+    refusal: super::Refusal,
+) -> (bool, u16, Option<Box<Error>>) {
+    let keep = refusal.keeps_connection();
+    let status = refusal.status();
+    ctx.set_status(status);
+    let Ok((head, body)) = refusal.answer() else {
+        return (false, status, None);
+    };
+    let r = if keep {
+        match session.write_response_header(Box::new(head)).await {
+            Ok(()) => write_last_body(session, &body).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        write_error_response(session, head, body).await
+    };
+    (keep && r.is_ok(), status, r.err())
+}
+
+/// After an answer written through the session: the connection back, with the bytes of a
+/// pipelined next request, when it may carry one.
+async fn reuse_session(mut client: Box<ClientSession>, keep: bool) -> Served {
+    if !keep {
+        client.shutdown().await;
+        return Served::Closed;
+    }
+    // What `ServerSession::finish` does for HTTP/1.
+    if client.finish_body().await.is_err() {
+        return Served::Closed;
+    }
+    match (*client).reuse().await {
+        Ok(Some(reusable)) => {
+            let (stream, prefix) = reusable.into_parts();
+            match prefix {
+                Some(p) if !p.is_empty() => Served::Stock(stream, p.freeze()),
+                _ => Served::Again(stream),
+            }
+        }
+        _ => Served::Closed,
+    }
+}
+
+/// A failed request's answer (`fail_to_proxy`): its status, head and JSON body; `None` when
+/// the client is gone (nothing to answer).
+fn failure_response(ctx: &Ctx, e: &Error) -> Option<(u16, ResponseHeader, Bytes)> {
+    let (code, msg) = failure_answer(e);
+    if code == 0 {
+        return None;
+    }
+    let body = failure_body(ctx, msg);
+    let mut resp = ResponseHeader::build(code, Some(3)).ok()?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")
+        .ok()?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())
+        .ok()?;
+    Some((code, resp, body))
 }
 
 /// The last piece of a response body, then its end (`ServerSession::write_response_body`

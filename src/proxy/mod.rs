@@ -9,6 +9,7 @@
 pub mod decide;
 pub mod edge;
 pub mod fast;
+pub mod h1;
 pub mod hold;
 pub mod limits;
 pub mod log;
@@ -467,6 +468,25 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    /// [`Ctx::responding`] for a head the fast path writes itself ([`h1::Downstream`]): the
+    /// shadow sees the headers (`headers` is called only when a shadow is on); returns the
+    /// upstream's name when the table asks for it in responses.
+    pub(crate) fn responding_fast(
+        &mut self,
+        status: u16,
+        headers: impl FnOnce() -> http::HeaderMap,
+    ) -> Option<HeaderValue> {
+        if let Some(c) = self.shadow.as_mut() {
+            c.primary_head(status, &headers());
+        }
+        match (self.table.as_ref(), self.upstream) {
+            (Some(table), Some(u)) if table.proxy.response_header => {
+                Some(table.upstreams[u].name_header.clone())
+            }
+            _ => None,
+        }
     }
 
     /// A response body chunk going to the client.
