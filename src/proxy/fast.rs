@@ -26,7 +26,9 @@ use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
-use super::{client_ip, edge, failure_answer, failure_body, h1, limits, pool, sanitize, Ctx, Proxy};
+use super::{
+    client_ip, edge, failure_answer, failure_body, h1, limits, pool, sanitize, Ctx, Proxy,
+};
 
 /// Largest request body the fast path reads whole before sending (pingora's retry buffer:
 /// a bigger body could not be replayed on the stock path either). Bigger bodies go stock.
@@ -401,7 +403,7 @@ impl Engine {
         let name = ctx.responding_fast(status, || resp.header_map(chunked));
         down.head(&resp, no_body, chunked, name.as_ref());
         loop {
-            let piece = match up.next() {
+            let piece = match up.piece() {
                 Ok(p) => p,
                 Err(e) => return Err(self.broken(ctx, e, reused, method)),
             };

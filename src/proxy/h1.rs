@@ -128,41 +128,44 @@ impl Response {
             || (self.has_te && name.eq_ignore_ascii_case(b"content-length"))
     }
 
-    /// Calls `f` with the header lines the client gets, in `HeaderMap` order: all values of
-    /// a name together, names in the order they first came.
+    /// Calls `f` with the header lines the client gets, in the order pingora's header map
+    /// gives them: all values of a name together, names in the order they first came, except
+    /// that removing a name (`Content-Length` next to a `Transfer-Encoding`, then the
+    /// hop-by-hop names) moves the last name into its place (`HeaderMap::remove` swaps).
     fn client_fields(&self, mut f: impl FnMut(&Field)) {
         let n = self.fields.len();
-        if n > 64 {
-            // Rare: a bitmap of a Vec instead of one word.
-            let mut done = vec![false; n];
-            for i in 0..n {
-                if done[i] {
-                    continue;
-                }
-                f(&self.fields[i]);
-                let name = self.name(&self.fields[i]);
-                for j in i + 1..n {
-                    if !done[j] && self.name(&self.fields[j]).eq_ignore_ascii_case(name) {
-                        done[j] = true;
-                        f(&self.fields[j]);
-                    }
-                }
-            }
-            return;
-        }
-        let mut done: u64 = 0;
+        // The first line of each name, in order.
+        let mut names: Vec<u16> = Vec::with_capacity(n);
         for i in 0..n {
-            if done & (1 << i) != 0 {
-                continue;
-            }
-            f(&self.fields[i]);
             let name = self.name(&self.fields[i]);
-            for j in i + 1..n {
-                if done & (1 << j) == 0
-                    && self.name(&self.fields[j]).eq_ignore_ascii_case(name)
-                {
-                    done |= 1 << j;
-                    f(&self.fields[j]);
+            if !names.iter().any(|&l| {
+                self.name(&self.fields[l as usize])
+                    .eq_ignore_ascii_case(name)
+            }) {
+                names.push(i as u16);
+            }
+        }
+        let mut remove = |gone: &[u8]| {
+            if let Some(at) = names.iter().position(|&l| {
+                self.name(&self.fields[l as usize])
+                    .eq_ignore_ascii_case(gone)
+            }) {
+                names.swap_remove(at);
+            }
+        };
+        if self.has_te {
+            remove(b"content-length");
+        }
+        if self.status != 101 {
+            remove(b"connection");
+            remove(b"keep-alive");
+            remove(b"proxy-connection");
+        }
+        for &l in &names {
+            let name = self.name(&self.fields[l as usize]);
+            for field in &self.fields[l as usize..] {
+                if self.name(field).eq_ignore_ascii_case(name) {
+                    f(field);
                 }
             }
         }
@@ -186,7 +189,10 @@ impl Response {
             }
         }
         if chunked {
-            map.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            map.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
         }
         map
     }
@@ -228,7 +234,7 @@ enum Body {
     Done,
 }
 
-/// What [`Upstream::next`] found in the bytes already read.
+/// What [`Upstream::piece`] found in the bytes already read.
 pub enum Piece {
     /// The next `n` bytes of the buffer are body data: use [`Upstream::data`], then
     /// [`Upstream::consume`] them.
@@ -268,7 +274,10 @@ impl Upstream {
                 "request-line contains forbidden delimiter bytes or unsupported HTTP version",
             );
         };
-        self.request_close = is_close(req.headers.get_all(header::CONNECTION).iter())
+        self.request_close = req
+            .headers
+            .get(header::CONNECTION)
+            .and_then(|v| keepalive_of(v.as_bytes()))
             .is_some_and(|keep| !keep);
         let chunked = req
             .headers
@@ -391,7 +400,7 @@ impl Upstream {
     }
 
     /// The body's next piece among the bytes already read (no I/O).
-    pub fn next(&mut self) -> Result<Piece> {
+    pub fn piece(&mut self) -> Result<Piece> {
         loop {
             match self.body {
                 Body::Head | Body::Done => return Ok(Piece::Done),
@@ -654,6 +663,7 @@ fn frame(resp: &mut Response) -> Result<()> {
     let mut length: Option<u64> = None;
     let mut bad_length = false;
     let mut keepalive = None;
+    let mut connection_seen = false;
     for f in &resp.fields {
         let name = resp.name(f);
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -669,15 +679,17 @@ fn frame(resp: &mut Response) -> Result<()> {
                     _ => bad_length = true,
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            if let Some(k) = is_close(std::iter::once(resp.value(f))) {
-                // keep-alive anywhere wins, as pingora's parse of one value does.
-                keepalive = Some(keepalive.unwrap_or(false) || k);
-            }
+        } else if name.eq_ignore_ascii_case(b"connection") && !connection_seen {
+            // Only the first `Connection` line counts, as with pingora (`get`).
+            connection_seen = true;
+            keepalive = keepalive_of(resp.value(f));
         }
     }
     if bad_length {
-        return Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid Content-Length header");
+        return Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "invalid Content-Length header",
+        );
     }
     resp.keepalive = keepalive;
     let chunked = te_last.is_some_and(|v| last_token_is_chunked(resp.slice(v)));
@@ -719,16 +731,14 @@ fn last_token_is_chunked(v: &[u8]) -> bool {
     last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
-/// What `Connection` values say: `Some(true)` a `keep-alive` token, `Some(false)` a `close`
-/// token (and no `keep-alive`), `None` neither.
-fn is_close<'a, B: AsRef<[u8]> + 'a>(values: impl Iterator<Item = B>) -> Option<bool> {
+/// What a `Connection` value says: `Some(true)` a `keep-alive` token, `Some(false)` a
+/// `close` token (and no `keep-alive`), `None` neither.
+fn keepalive_of(value: &[u8]) -> Option<bool> {
     let (mut keep, mut close) = (false, false);
-    for v in values {
-        for token in v.as_ref().split(|&b| b == b',') {
-            let t = token.trim_ascii();
-            keep |= t.eq_ignore_ascii_case(b"keep-alive");
-            close |= t.eq_ignore_ascii_case(b"close");
-        }
+    for token in value.split(|&b| b == b',') {
+        let t = token.trim_ascii();
+        keep |= t.eq_ignore_ascii_case(b"keep-alive");
+        close |= t.eq_ignore_ascii_case(b"close");
     }
     if keep {
         Some(true)
@@ -815,9 +825,6 @@ impl Downstream {
         let (mut had_date, mut had_name) = (false, false);
         resp.client_fields(|f| {
             let name = resp.name(f);
-            if resp.dropped(name) {
-                return;
-            }
             if name.eq_ignore_ascii_case(b"date") {
                 if !had_date {
                     had_date = true;
@@ -883,7 +890,10 @@ impl Downstream {
             return Ok(());
         }
         self.keepalive = false;
-        resp.insert_header(header::DATE, pingora::protocols::http::date::get_cached_date())?;
+        resp.insert_header(
+            header::DATE,
+            pingora::protocols::http::date::get_cached_date(),
+        )?;
         resp.insert_header(header::CONNECTION, "close")?;
         let out = &mut self.out;
         out.put_slice(match resp.version {
@@ -914,7 +924,8 @@ impl Downstream {
                 self.put(&data[..n]).await
             }
             Out::Chunked if !data.is_empty() => {
-                self.out.put_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                self.out
+                    .put_slice(format!("{:X}\r\n", data.len()).as_bytes());
                 self.put(data).await?;
                 self.out.put_slice(b"\r\n");
                 Ok(())
@@ -1009,5 +1020,351 @@ trait OrErrMsg<T> {
 impl<T> OrErrMsg<T> for std::io::Result<T> {
     fn or_err_msg(self, t: ErrorType, msg: &'static str) -> Result<T> {
         self.map_err(|e| Error::because(t, msg, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::protocols::http::v1::client::HttpSession as PingoraClient;
+    use tokio::io::AsyncWriteExt;
+
+    /// Two ends of a loopback connection: the far end gets `bytes`, then a close.
+    async fn fed(bytes: &[u8]) -> Stream {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut far, _) = l.accept().await.unwrap();
+        far.write_all(bytes).await.unwrap();
+        far.shutdown().await.unwrap();
+        Box::new(pingora::protocols::l4::stream::Stream::from(near))
+    }
+
+    /// The response as switchyard reads it: head, body, and whether the connection could
+    /// be pooled (an error as its text).
+    async fn ours(bytes: &[u8]) -> std::result::Result<(Response, Vec<u8>, bool), String> {
+        let mut up = Upstream::new(fed(bytes).await, None, None);
+        let resp = up.read_head(false).await.map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        loop {
+            match up.piece().map_err(|e| e.to_string())? {
+                Piece::Data(n) => {
+                    body.extend_from_slice(up.data(n));
+                    up.consume(n);
+                }
+                Piece::More => up.fill().await.map_err(|e| e.to_string())?,
+                Piece::Done => break,
+            }
+        }
+        // Nothing came past the response in these tests but the close.
+        up.reusable &= matches!(up.body, Body::Done);
+        let reusable = up.reusable && up.buf.is_empty();
+        Ok((resp, body, reusable))
+    }
+
+    /// The same with pingora's client session: its head, body, and whether it would reuse.
+    async fn pingora(
+        bytes: &[u8],
+    ) -> std::result::Result<(ResponseHeader, bool, Vec<u8>, bool), String> {
+        let mut s = PingoraClient::new(fed(bytes).await);
+        s.read_response().await.map_err(|e| e.to_string())?;
+        loop {
+            match s.resp_header().map(|r| r.status.as_u16()) {
+                Some(100..=199) if s.resp_header().is_some_and(|r| r.status != 101) => {
+                    s.read_response().await.map_err(|e| e.to_string())?;
+                }
+                _ => break,
+            }
+        }
+        let resp = s.resp_header().cloned().unwrap();
+        let end = s.is_body_done();
+        let mut body = Vec::new();
+        while let Some(b) = s.read_body_ref().await.map_err(|e| e.to_string())? {
+            body.extend_from_slice(b);
+        }
+        s.respect_keepalive();
+        let reusable = s.reuse().await.is_some();
+        Ok((resp, end, body, reusable))
+    }
+
+    /// What the stock path sends the client for `resp` (pingora-proxy's filters and the v1
+    /// server's `write_response_header`), the date left out.
+    fn stock_head(
+        mut resp: ResponseHeader,
+        end: bool,
+        name: Option<&HeaderValue>,
+        keepalive: bool,
+    ) -> Vec<u8> {
+        super::super::strip_response_hop_by_hop(&mut resp);
+        if !end
+            && !resp.status.is_informational()
+            && !matches!(resp.status.as_u16(), 204 | 304)
+            && resp.headers.get(header::TRANSFER_ENCODING).is_none()
+            && resp.headers.get(header::CONTENT_LENGTH).is_none()
+        {
+            resp.set_version(http::Version::HTTP_11);
+            resp.insert_header(header::TRANSFER_ENCODING, "chunked")
+                .unwrap();
+        }
+        if let Some(v) = name {
+            resp.insert_header(super::super::UPSTREAM_HEADER, v.clone())
+                .unwrap();
+        }
+        resp.insert_header(header::DATE, "-").unwrap();
+        // pingora decides `Connection` before it sees a close-delimited body; switchyard
+        // says `close` then (the connection is closed either way).
+        let close_delimited = !matches!(resp.status.as_u16(), 204 | 304)
+            && resp
+                .headers
+                .get(header::TRANSFER_ENCODING)
+                .is_some_and(|v| !last_token_is_chunked(v.as_bytes()));
+        let keep = keepalive && !close_delimited;
+        resp.insert_header(
+            header::CONNECTION,
+            if keep { "keep-alive" } else { "close" },
+        )
+        .unwrap();
+        let mut out = BytesMut::new();
+        out.put_slice(match resp.version {
+            http::Version::HTTP_10 => b"HTTP/1.0 ",
+            _ => b"HTTP/1.1 ",
+        });
+        out.put_slice(resp.status.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
+        out.put_slice(b"\r\n");
+        resp.header_to_h1_wire(&mut out);
+        out.put_slice(b"\r\n");
+        out.to_vec()
+    }
+
+    /// switchyard's head for the client, the date left out.
+    async fn our_head(resp: &Response, name: Option<&HeaderValue>, keepalive: bool) -> Vec<u8> {
+        let mut down = Downstream::new(fed(b"").await, keepalive);
+        down.head(resp, false, resp.goes_chunked(false), name);
+        undated(&down.out)
+    }
+
+    /// `bytes` with the value of its `Date` line replaced by `-`.
+    fn undated(bytes: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(bytes);
+        text.split("\r\n")
+            .map(|l| {
+                if l.starts_with("Date: ") {
+                    "Date: -"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n")
+            .into_bytes()
+    }
+
+    /// A small deterministic generator (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// Generated upstream responses (header case, duplicates of one name apart, hop-by-hop
+    /// headers, dates, every framing, HTTP/1.0, odd reasons, bodies split anywhere) give the
+    /// client the same head and body bytes as pingora's client and server sessions, and the
+    /// upstream connection is pooled exactly when pingora would reuse it.
+    #[tokio::test]
+    async fn responses_match_pingoras_sessions() {
+        const FIELDS: &[(&str, &str)] = &[
+            ("Content-Type", "text/plain"),
+            ("X-A", "1"),
+            ("x-a", "2"),
+            ("Set-Cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("Connection", "keep-alive"),
+            ("Connection", "close"),
+            ("connection", "X-A, close"),
+            ("Keep-Alive", "timeout=5"),
+            ("Date", "Mon, 01 Jan 2001 00:00:00 GMT"),
+            ("Server", "origin"),
+            ("X-Switchyard-Upstream", "spoofed"),
+            ("Proxy-Connection", "x"),
+            ("Cache-Control", "no-cache"),
+            ("ETag", "\"e\""),
+        ];
+        const FRAMES: &[&str] = &["", "cl", "cl2", "cl-bad", "te", "te2", "te-gzip", "te+cl"];
+        let name = HeaderValue::from_static("new");
+        let mut rng = Rng(0x5eed_1234_abcd);
+        let mut compared = 0;
+        for round in 0..600 {
+            let status = [200, 201, 204, 304, 404, 500, 299][rng.below(7)];
+            let minor = rng.below(4).min(1);
+            let reason = ["OK", "Custom Reason", "", "Not Found"][rng.below(4)];
+            let mut head = format!("HTTP/1.{minor} {status} {reason}\r\n");
+            for _ in 0..rng.below(7) {
+                let (n, v) = FIELDS[rng.below(FIELDS.len())];
+                head.push_str(&format!("{n}: {v}\r\n"));
+            }
+            let body: &[u8] = match FRAMES[rng.below(FRAMES.len())] {
+                "cl" => {
+                    head.push_str("Content-Length: 3\r\n");
+                    b"abc"
+                }
+                "cl2" => {
+                    head.push_str("Content-Length: 3, 3\r\ncontent-length: 3\r\n");
+                    b"abc"
+                }
+                "cl-bad" => {
+                    head.push_str("Content-Length: 3\r\nContent-Length: 4\r\n");
+                    b"abc"
+                }
+                "te" => {
+                    head.push_str("Transfer-Encoding: chunked\r\n");
+                    b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+                }
+                "te2" => {
+                    head.push_str("Transfer-Encoding: gzip, chunked\r\n");
+                    b"1\r\na\r\n0\r\nTrailer: t\r\n\r\n"
+                }
+                "te-gzip" => {
+                    head.push_str("Transfer-Encoding: gzip\r\n");
+                    b"raw"
+                }
+                "te+cl" => {
+                    head.push_str("Content-Length: 9\r\nTransfer-Encoding: chunked\r\n");
+                    b"3\r\nabc\r\n0\r\n\r\n"
+                }
+                _ => b"to the close",
+            };
+            head.push_str("\r\n");
+            let mut bytes = head.into_bytes();
+            bytes.extend_from_slice(body);
+            let keepalive = round % 3 != 0;
+            let with_name = (round % 2 == 0).then_some(&name);
+            let theirs = pingora(&bytes).await;
+            let mine = ours(&bytes).await;
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            match (theirs, mine) {
+                (Ok((p, end, pbody, preuse)), Ok((r, body, reuse))) => {
+                    assert_eq!(pbody, body, "body of {text:?}");
+                    assert_eq!(preuse, reuse, "reuse after {text:?}");
+                    assert_eq!(
+                        String::from_utf8_lossy(&stock_head(p, end, with_name, keepalive)),
+                        String::from_utf8_lossy(&our_head(&r, with_name, keepalive).await),
+                        "head for {text:?}"
+                    );
+                    compared += 1;
+                }
+                (Err(_), Err(_)) => {}
+                (p, r) => panic!(
+                    "{text:?}: pingora {:?}, switchyard {:?}",
+                    p.map(|_| ()),
+                    r.map(|_| ())
+                ),
+            }
+        }
+        assert!(compared > 400, "{compared}");
+    }
+
+    /// A chunked body split at every byte decodes the same (pingora's reader is the
+    /// reference), and malformed chunk framing is an error in both.
+    #[tokio::test]
+    async fn chunked_bodies_decode_like_pingora() {
+        let bodies: &[&[u8]] = &[
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"A\r\n0123456789\r\n1;ext=1\r\nx\r\n0\r\nT: 1\r\nU: 2\r\n\r\n",
+            b"0\r\n\r\n",
+            b"3\r\nabcX\r\n0\r\n\r\n",
+            b"zz\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nab",
+        ];
+        for body in bodies {
+            let mut bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            bytes.extend_from_slice(body);
+            let theirs = pingora(&bytes).await.map(|(_, _, b, _)| b);
+            let mine = split_reads(&bytes).await;
+            assert_eq!(
+                theirs.is_ok(),
+                mine.is_ok(),
+                "{:?}",
+                body.escape_ascii().to_string()
+            );
+            if let (Ok(a), Ok(b)) = (theirs, mine) {
+                assert_eq!(a, b);
+            }
+        }
+    }
+
+    /// Reads `bytes` a few bytes at a time through `Upstream` (every split of the chunk
+    /// framing comes up).
+    async fn split_reads(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        near.set_nodelay(true).unwrap();
+        let (mut far, _) = l.accept().await.unwrap();
+        far.set_nodelay(true).unwrap();
+        let feed = bytes.to_vec();
+        let writer = tokio::spawn(async move {
+            for piece in feed.chunks(3) {
+                far.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            far.shutdown().await.unwrap();
+        });
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(near));
+        let mut up = Upstream::new(stream, None, None);
+        let r = async {
+            up.read_head(false).await.map_err(|e| e.to_string())?;
+            let mut body = Vec::new();
+            loop {
+                match up.piece().map_err(|e| e.to_string())? {
+                    Piece::Data(n) => {
+                        body.extend_from_slice(up.data(n));
+                        up.consume(n);
+                    }
+                    Piece::More => up.fill().await.map_err(|e| e.to_string())?,
+                    Piece::Done => break,
+                }
+            }
+            Ok(body)
+        }
+        .await;
+        writer.await.unwrap();
+        r
+    }
+
+    /// A `HEAD` answer has no body whatever its head says, and the connection is reusable.
+    #[tokio::test]
+    async fn head_answers_have_no_body() {
+        let bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+        let mut up = Upstream::new(fed(bytes).await, None, None);
+        let resp = up.read_head(true).await.unwrap();
+        assert!(matches!(up.piece().unwrap(), Piece::Done));
+        assert!(!resp.goes_chunked(true));
+        let mut down = Downstream::new(fed(b"").await, true);
+        down.head(&resp, true, false, None);
+        assert_eq!(down.mode, Out::Empty);
+        assert!(String::from_utf8_lossy(&down.out).contains("Content-Length: 10\r\n"));
+        assert!(up.into_reusable().is_some());
+    }
+
+    /// 1xx answers before the response are skipped; bytes past the response keep the
+    /// connection out of the pool.
+    #[tokio::test]
+    async fn informational_skipped_and_overread_not_pooled() {
+        let bytes = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxEXTRA";
+        let mut up = Upstream::new(fed(bytes).await, None, None);
+        let resp = up.read_head(false).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(matches!(up.piece().unwrap(), Piece::Data(1)));
+        up.consume(1);
+        assert!(matches!(up.piece().unwrap(), Piece::Done));
+        assert!(up.into_reusable().is_none());
     }
 }
