@@ -59,11 +59,52 @@ const GATHER: usize = 16 * 1024;
 /// pingora's error type of a malformed chunk.
 const INVALID_CHUNK: ErrorType = ErrorType::new("InvalidChunk");
 
-/// One header line of a parsed response: offsets into its head.
+/// One header line of a parsed response: offsets into its head, and what the name is.
 #[derive(Clone, Copy)]
 struct Field {
     name: (u32, u32),
     value: (u32, u32),
+    kind: Kind,
+    /// The name's length and first and last bytes, lowercased: lines of one name have the
+    /// same key (and lines with different keys never have the same name).
+    key: u32,
+}
+
+/// The names the proxy looks at, recognized once when the head is parsed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Other,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    ContentLength,
+    TransferEncoding,
+    Date,
+    /// `x-switchyard-upstream`.
+    Upstream,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        match name.len() {
+            4 if is("date") => Kind::Date,
+            10 if is("connection") => Kind::Connection,
+            10 if is("keep-alive") => Kind::KeepAlive,
+            14 if is("content-length") => Kind::ContentLength,
+            16 if is("proxy-connection") => Kind::ProxyConnection,
+            17 if is("transfer-encoding") => Kind::TransferEncoding,
+            21 if is(super::UPSTREAM_HEADER) => Kind::Upstream,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// See [`Field::key`].
+fn name_key(name: &[u8]) -> u32 {
+    let first = name.first().map_or(0, u8::to_ascii_lowercase);
+    let last = name.last().map_or(0, u8::to_ascii_lowercase);
+    ((name.len() as u32) << 16) | (u32::from(first) << 8) | u32::from(last)
 }
 
 /// How a body is delimited.
@@ -120,12 +161,17 @@ impl Response {
 
     /// Whether the client's copy leaves this line out: hop-by-hop headers (not on a 101), and
     /// `Content-Length` next to a `Transfer-Encoding`.
-    fn dropped(&self, name: &[u8]) -> bool {
-        (self.status != 101
-            && (name.eq_ignore_ascii_case(b"connection")
-                || name.eq_ignore_ascii_case(b"keep-alive")
-                || name.eq_ignore_ascii_case(b"proxy-connection")))
-            || (self.has_te && name.eq_ignore_ascii_case(b"content-length"))
+    fn dropped(&self, f: &Field) -> bool {
+        match f.kind {
+            Kind::Connection | Kind::KeepAlive | Kind::ProxyConnection => self.status != 101,
+            Kind::ContentLength => self.has_te,
+            _ => false,
+        }
+    }
+
+    /// Whether two lines have the same name.
+    fn same_name(&self, a: &Field, b: &Field) -> bool {
+        a.key == b.key && self.name(a).eq_ignore_ascii_case(self.name(b))
     }
 
     /// Calls `f` with the header lines the client gets, in the order pingora's header map
@@ -133,38 +179,34 @@ impl Response {
     /// that removing a name (`Content-Length` next to a `Transfer-Encoding`, then the
     /// hop-by-hop names) moves the last name into its place (`HeaderMap::remove` swaps).
     fn client_fields(&self, mut f: impl FnMut(&Field)) {
-        let n = self.fields.len();
+        let fields = &self.fields;
         // The first line of each name, in order.
-        let mut names: Vec<u16> = Vec::with_capacity(n);
-        for i in 0..n {
-            let name = self.name(&self.fields[i]);
-            if !names.iter().any(|&l| {
-                self.name(&self.fields[l as usize])
-                    .eq_ignore_ascii_case(name)
-            }) {
+        let mut names: Vec<u16> = Vec::with_capacity(fields.len());
+        for (i, field) in fields.iter().enumerate() {
+            if !names
+                .iter()
+                .any(|&l| self.same_name(&fields[l as usize], field))
+            {
                 names.push(i as u16);
             }
         }
-        let mut remove = |gone: &[u8]| {
-            if let Some(at) = names.iter().position(|&l| {
-                self.name(&self.fields[l as usize])
-                    .eq_ignore_ascii_case(gone)
-            }) {
+        let mut remove = |gone: Kind| {
+            if let Some(at) = names.iter().position(|&l| fields[l as usize].kind == gone) {
                 names.swap_remove(at);
             }
         };
         if self.has_te {
-            remove(b"content-length");
+            remove(Kind::ContentLength);
         }
         if self.status != 101 {
-            remove(b"connection");
-            remove(b"keep-alive");
-            remove(b"proxy-connection");
+            remove(Kind::Connection);
+            remove(Kind::KeepAlive);
+            remove(Kind::ProxyConnection);
         }
         for &l in &names {
-            let name = self.name(&self.fields[l as usize]);
-            for field in &self.fields[l as usize..] {
-                if self.name(field).eq_ignore_ascii_case(name) {
+            let first = &fields[l as usize];
+            for field in &fields[l as usize..] {
+                if self.same_name(first, field) {
                     f(field);
                 }
             }
@@ -177,10 +219,10 @@ impl Response {
     pub fn header_map(&self, chunked: bool) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.fields.len() + 1);
         for f in &self.fields {
-            let name = self.name(f);
-            if self.dropped(name) {
+            if self.dropped(f) {
                 continue;
             }
+            let name = self.name(f);
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name),
                 HeaderValue::from_bytes(self.value(f)),
@@ -300,7 +342,7 @@ impl Upstream {
             self.stream.flush().await
         };
         let r = match self.write_timeout {
-            Some(t) => match pingora::time::timeout(t, write).await {
+            Some(t) => match tokio::time::timeout(t, write).await {
                 Ok(r) => r,
                 Err(_) => {
                     return Error::e_explain(
@@ -550,8 +592,10 @@ impl Upstream {
             return r.map_err(ReadFail::Io);
         }
         let read = poll_fn(|cx| poll_read_buf(stream, cx, buf));
+        // tokio's timer, in the future itself: pingora's `timeout` boxes its timer and
+        // registers it with a shared timer manager (about 650 instructions and an allocation).
         match self.read_timeout {
-            Some(t) => match pingora::time::timeout(t, read).await {
+            Some(t) => match tokio::time::timeout(t, read).await {
                 Ok(r) => r.map_err(ReadFail::Io),
                 Err(_) => Err(ReadFail::Timeout),
             },
@@ -634,11 +678,14 @@ fn parse_with<'b>(
     let mut fields = Vec::with_capacity(resp.headers.len());
     let mut has_te = false;
     for h in resp.headers.iter() {
-        let name = at(h.name.as_bytes());
-        has_te |= h.name.eq_ignore_ascii_case("transfer-encoding");
+        let name = h.name.as_bytes();
+        let kind = Kind::of(name);
+        has_te |= kind == Kind::TransferEncoding;
         fields.push(Field {
-            name,
+            name: at(name),
             value: at(h.value),
+            kind,
+            key: name_key(name),
         });
     }
     Ok(Some(Parsed {
@@ -665,10 +712,9 @@ fn frame(resp: &mut Response) -> Result<()> {
     let mut keepalive = None;
     let mut connection_seen = false;
     for f in &resp.fields {
-        let name = resp.name(f);
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        if f.kind == Kind::TransferEncoding {
             te_last = Some(f.value);
-        } else if name.eq_ignore_ascii_case(b"content-length") && !resp.has_te {
+        } else if f.kind == Kind::ContentLength && !resp.has_te {
             let Ok(line) = std::str::from_utf8(resp.value(f)) else {
                 bad_length = true;
                 continue;
@@ -679,7 +725,7 @@ fn frame(resp: &mut Response) -> Result<()> {
                     _ => bad_length = true,
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"connection") && !connection_seen {
+        } else if f.kind == Kind::Connection && !connection_seen {
             // Only the first `Connection` line counts, as with pingora (`get`).
             connection_seen = true;
             keepalive = keepalive_of(resp.value(f));
@@ -823,25 +869,20 @@ impl Downstream {
         out.put_slice(b"\r\n");
         let date = pingora::protocols::http::date::get_cached_date();
         let (mut had_date, mut had_name) = (false, false);
-        resp.client_fields(|f| {
-            let name = resp.name(f);
-            if name.eq_ignore_ascii_case(b"date") {
+        resp.client_fields(|f| match (f.kind, upstream_name) {
+            (Kind::Date, _) => {
                 if !had_date {
                     had_date = true;
                     put_field(out, b"Date", date.as_bytes());
                 }
-                return;
             }
-            if let Some(v) = upstream_name {
-                if name.eq_ignore_ascii_case(super::UPSTREAM_HEADER.as_bytes()) {
-                    if !had_name {
-                        had_name = true;
-                        put_field(out, super::UPSTREAM_HEADER.as_bytes(), v.as_bytes());
-                    }
-                    return;
+            (Kind::Upstream, Some(v)) => {
+                if !had_name {
+                    had_name = true;
+                    put_field(out, super::UPSTREAM_HEADER.as_bytes(), v.as_bytes());
                 }
             }
-            put_field(out, name, resp.value(f));
+            _ => put_field(out, resp.name(f), resp.value(f)),
         });
         if chunked {
             put_field(out, b"Transfer-Encoding", b"chunked");

@@ -176,7 +176,12 @@ pub fn header_line_len(name: &str, value: &HeaderValue) -> usize {
 /// Checks the declared `Content-Length` against the route's body limit (`None` = no limit), so
 /// an oversized body is refused before a byte of it is read.
 pub fn check_declared_body(req: &RequestHeader, max: Option<u64>) -> Result<(), Reject> {
-    let (Some(max), Some(len)) = (max, declared_length(req)) else {
+    check_declared(declared_length(req), max)
+}
+
+/// [`check_declared_body`] of a length already looked up.
+pub fn check_declared(len: Option<u64>, max: Option<u64>) -> Result<(), Reject> {
+    let (Some(max), Some(len)) = (max, len) else {
         return Ok(());
     };
     if len > max {

@@ -313,16 +313,13 @@ impl Ctx {
 
     /// After the hold: counts the request in flight, notes its declared body and decides on
     /// a shadow copy.
-    pub(crate) fn admitted(&mut self, req: &RequestHeader) {
+    /// `declared`: its `Content-Length` ([`limits::declared_length`]).
+    pub(crate) fn admitted(&mut self, req: &RequestHeader, declared: Option<u64>) {
         if let (Some(ri), Some(t)) = (self.route, self.table.as_ref()) {
             t.routes[ri].inflight.fetch_add(1, Ordering::Relaxed);
             self.counted_inflight = true;
         }
-        self.declared_body = req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
+        self.declared_body = declared;
         if let (Some(ri), Some(t)) = (self.route, self.table.as_ref()) {
             let max = t.proxy.shadow_max_inflight;
             self.shadow = shadow::begin(&t.routes[ri], max, req, self.declared_body);
@@ -677,7 +674,10 @@ impl Proxy {
             return Ok(Some(Refusal::NoRoute));
         };
         let table = ctx.table()?.clone();
-        if let Err(r) = limits::check_declared_body(req, table.routes[ri].max_body_bytes) {
+        // The declared length is looked up once for the limit, the in-flight record and the
+        // body watch below.
+        let declared = limits::declared_length(req);
+        if let Err(r) = limits::check_declared(declared, table.routes[ri].max_body_bytes) {
             METRICS.rejected.with_label_values(&[r.reason]).inc();
             let body = json_error(r.message, Some(&table.routes[ri].id));
             return Ok(Some(Refusal::Limit(r, body)));
@@ -709,9 +709,9 @@ impl Proxy {
                 return Ok(Some(Refusal::NoRoute));
             }
         }
-        ctx.admitted(req);
+        ctx.admitted(req, declared);
         // The body is read from now on (not while the request was held): watch its rate.
-        if limits::has_body(req) {
+        if declared.is_some_and(|n| n > 0) || req.headers.contains_key(header::TRANSFER_ENCODING) {
             edge::body_started();
             self.may_be_dropped(req, ctx);
         }

@@ -248,7 +248,9 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
     let stopping = *shutdown.borrow();
     let wait = if stopping { DRAIN.min(idle) } else { idle };
     let arrived = std::future::poll_fn(|cx| read_arrived(stream, cx));
-    let peek = pingora::time::fast_timeout::fast_timeout(wait, arrived);
+    // tokio's timer (kept in this future, no allocation), not pingora's `fast_timeout`, which
+    // boxes a timer and registers it with a shared manager on every wait.
+    let peek = tokio::time::timeout(wait, arrived);
     let mut peek = std::pin::pin!(peek);
     let settle = |r: Result<std::io::Result<Next>, _>| match r {
         Ok(Ok(n)) => n,
