@@ -314,3 +314,128 @@ async fn keep_alive_reuses_both_connections() {
     }
     assert_eq!(p.fast_origin.take().len(), 3);
 }
+
+/// An origin answering by path with bodies the fast path must relay as they come: large ones
+/// of each framing, and one whose second chunk waits until `gate` is notified.
+async fn body_origin(gate: Arc<tokio::sync::Notify>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(n) = request_len(&buf) {
+                        let req: Vec<u8> = buf.drain(..n).collect();
+                        let path = String::from_utf8_lossy(&req)
+                            .split(' ')
+                            .nth(1)
+                            .unwrap_or("")
+                            .to_string();
+                        match path.as_str() {
+                            "/cl" => {
+                                let body = pattern(2 * 1024 * 1024);
+                                let head = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                                    body.len()
+                                );
+                                s.write_all(head.as_bytes()).await.unwrap();
+                                s.write_all(&body).await.unwrap();
+                            }
+                            "/chunked" => {
+                                s.write_all(
+                                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                                )
+                                .await
+                                .unwrap();
+                                for piece in pattern(300 * 1000).chunks(1000) {
+                                    let c = format!("{:x}\r\n", piece.len());
+                                    s.write_all(c.as_bytes()).await.unwrap();
+                                    s.write_all(piece).await.unwrap();
+                                    s.write_all(b"\r\n").await.unwrap();
+                                }
+                                s.write_all(b"0\r\n\r\n").await.unwrap();
+                            }
+                            "/close" => {
+                                s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+                                s.write_all(&pattern(1024 * 1024)).await.unwrap();
+                                return;
+                            }
+                            _ => {
+                                s.write_all(
+                                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+                                )
+                                .await
+                                .unwrap();
+                                gate.notified().await;
+                                s.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
+                            }
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `n` bytes of a pattern that shows a lost, repeated or reordered piece.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// Large bodies of every framing arrive whole through the fast path (a close-delimited one
+/// goes to the client chunked, the connection kept), and a streamed body is relayed as it
+/// comes: the client has the first chunk while the origin still holds back the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_streamed_bodies_on_the_fast_path() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let origin = body_origin(gate.clone()).await;
+    let dir = routes_dir(&format!(
+        "[upstreams.o]\naddrs = [\"{origin}\"]\n\
+         [[routes]]\nid = \"all\"\npath = \"*\"\nto = \"o\"\n"
+    ));
+    let proxy = Proxy::start_with(dir.path(), &["--engine", "fast"]).await;
+    use http_body_util::BodyExt;
+    let c = client();
+    let get = |path: &str| {
+        let req = hyper::Request::get(proxy.url(path))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        c.request(req)
+    };
+    for (path, want) in [
+        ("/cl", pattern(2 * 1024 * 1024)),
+        ("/chunked", pattern(300 * 1000)),
+        ("/close", pattern(1024 * 1024)),
+    ] {
+        let (parts, body) = get(path).await.unwrap().into_parts();
+        assert_eq!(parts.status, 200, "{path}");
+        if path == "/close" {
+            assert_eq!(parts.headers["transfer-encoding"], "chunked");
+        }
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), want.len(), "{path}");
+        assert!(got[..] == want[..], "{path}: bytes differ");
+    }
+    let mut body = get("/stream").await.unwrap().into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first chunk before the rest of the body")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    gate.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("the rest once the origin sends it")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&rest[..], b"second");
+}
