@@ -42,6 +42,20 @@ fn request_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= head + cl).then_some(head + cl)
 }
 
+/// The next whole request on `s` (bytes past it stay in `buf`); `None` once the client is gone.
+async fn next_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(n) = request_len(buf) {
+            return Some(buf.drain(..n).collect());
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 impl RawOrigin {
     async fn start() -> RawOrigin {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -53,24 +67,16 @@ impl RawOrigin {
                 let rec = rec.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while let Some(n) = request_len(&buf) {
-                            let req: Vec<u8> = buf.drain(..n).collect();
-                            let head_req = req.starts_with(b"HEAD ");
-                            rec.lock().unwrap().push(req);
-                            let resp: &[u8] = if head_req {
-                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
-                            } else {
-                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                            };
-                            if s.write_all(resp).await.is_err() {
-                                return;
-                            }
-                        }
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    while let Some(req) = next_request(&mut s, &mut buf).await {
+                        let head_req = req.starts_with(b"HEAD ");
+                        rec.lock().unwrap().push(req);
+                        let resp: &[u8] = if head_req {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        };
+                        if s.write_all(resp).await.is_err() {
+                            return;
                         }
                     }
                 });
@@ -325,58 +331,48 @@ async fn body_origin(gate: Arc<tokio::sync::Notify>) -> SocketAddr {
             let gate = gate.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(n) = request_len(&buf) {
-                        let req: Vec<u8> = buf.drain(..n).collect();
-                        let path = String::from_utf8_lossy(&req)
-                            .split(' ')
-                            .nth(1)
-                            .unwrap_or("")
-                            .to_string();
-                        match path.as_str() {
-                            "/cl" => {
-                                let body = pattern(2 * 1024 * 1024);
-                                let head = format!(
-                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                                    body.len()
-                                );
-                                s.write_all(head.as_bytes()).await.unwrap();
-                                s.write_all(&body).await.unwrap();
-                            }
-                            "/chunked" => {
-                                s.write_all(
-                                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                                )
-                                .await
-                                .unwrap();
-                                for piece in pattern(300 * 1000).chunks(1000) {
-                                    let c = format!("{:x}\r\n", piece.len());
-                                    s.write_all(c.as_bytes()).await.unwrap();
-                                    s.write_all(piece).await.unwrap();
-                                    s.write_all(b"\r\n").await.unwrap();
-                                }
-                                s.write_all(b"0\r\n\r\n").await.unwrap();
-                            }
-                            "/close" => {
-                                s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-                                s.write_all(&pattern(1024 * 1024)).await.unwrap();
-                                return;
-                            }
-                            _ => {
-                                s.write_all(
-                                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
-                                )
-                                .await
-                                .unwrap();
-                                gate.notified().await;
-                                s.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
-                            }
+                while let Some(req) = next_request(&mut s, &mut buf).await {
+                    let path = String::from_utf8_lossy(&req)
+                        .split(' ')
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_string();
+                    match path.as_str() {
+                        "/cl" => {
+                            let body = pattern(2 * 1024 * 1024);
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            s.write_all(head.as_bytes()).await.unwrap();
+                            s.write_all(&body).await.unwrap();
                         }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => return,
+                        "/chunked" => {
+                            s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                                .await
+                                .unwrap();
+                            for piece in pattern(300 * 1000).chunks(1000) {
+                                let c = format!("{:x}\r\n", piece.len());
+                                s.write_all(c.as_bytes()).await.unwrap();
+                                s.write_all(piece).await.unwrap();
+                                s.write_all(b"\r\n").await.unwrap();
+                            }
+                            s.write_all(b"0\r\n\r\n").await.unwrap();
+                        }
+                        "/close" => {
+                            s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+                            s.write_all(&pattern(1024 * 1024)).await.unwrap();
+                            return;
+                        }
+                        _ => {
+                            s.write_all(
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+                            )
+                            .await
+                            .unwrap();
+                            gate.notified().await;
+                            s.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
+                        }
                     }
                 }
             });

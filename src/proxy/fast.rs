@@ -208,11 +208,7 @@ impl Engine {
             Ok(None) => {}
             Ok(Some(refusal)) => {
                 let (keep, status, err) = refuse(&mut client, &mut ctx, refusal).await;
-                let written = client
-                    .response_written()
-                    .map(|r| r.status.as_u16())
-                    .filter(|&s| s != 0)
-                    .unwrap_or(status);
+                let written = written_status(&client, status);
                 self.proxy
                     .finish(client.req_header(), written, err.as_deref(), &mut ctx);
                 return reuse_session(client, keep).await;
@@ -295,11 +291,7 @@ impl Engine {
             None => failure_answer(&e).0,
         };
         ctx.set_status(code);
-        let written = client
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .filter(|&s| s != 0)
-            .unwrap_or(code);
+        let written = written_status(&client, code);
         self.proxy
             .finish(client.req_header(), written, Some(&e), &mut ctx);
         client.shutdown().await;
@@ -489,6 +481,15 @@ async fn read_body(session: &mut ClientSession) -> pingora::Result<Bytes> {
         }
     }
     Ok(body.freeze())
+}
+
+/// The status the session wrote, else `fallback` (what was meant to be sent).
+fn written_status(session: &ClientSession, fallback: u16) -> u16 {
+    session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .filter(|&s| s != 0)
+        .unwrap_or(fallback)
 }
 
 /// Answers a refused request from its session; returns (connection reusable, status, error).

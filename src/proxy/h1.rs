@@ -1087,6 +1087,15 @@ mod tests {
     async fn ours(bytes: &[u8]) -> std::result::Result<(Response, Vec<u8>, bool), String> {
         let mut up = Upstream::new(fed(bytes).await, None, None);
         let resp = up.read_head(false).await.map_err(|e| e.to_string())?;
+        let body = body_of(&mut up).await?;
+        // Nothing came past the response in these tests but the close.
+        up.reusable &= matches!(up.body, Body::Done);
+        let reusable = up.reusable && up.buf.is_empty();
+        Ok((resp, body, reusable))
+    }
+
+    /// The rest of the response body, read as the fast path reads it.
+    async fn body_of(up: &mut Upstream) -> std::result::Result<Vec<u8>, String> {
         let mut body = Vec::new();
         loop {
             match up.piece().map_err(|e| e.to_string())? {
@@ -1095,13 +1104,9 @@ mod tests {
                     up.consume(n);
                 }
                 Piece::More => up.fill().await.map_err(|e| e.to_string())?,
-                Piece::Done => break,
+                Piece::Done => return Ok(body),
             }
         }
-        // Nothing came past the response in these tests but the close.
-        up.reusable &= matches!(up.body, Body::Done);
-        let reusable = up.reusable && up.buf.is_empty();
-        Ok((resp, body, reusable))
     }
 
     /// The same with pingora's client session: its head, body, and whether it would reuse.
@@ -1362,18 +1367,7 @@ mod tests {
         let mut up = Upstream::new(stream, None, None);
         let r = async {
             up.read_head(false).await.map_err(|e| e.to_string())?;
-            let mut body = Vec::new();
-            loop {
-                match up.piece().map_err(|e| e.to_string())? {
-                    Piece::Data(n) => {
-                        body.extend_from_slice(up.data(n));
-                        up.consume(n);
-                    }
-                    Piece::More => up.fill().await.map_err(|e| e.to_string())?,
-                    Piece::Done => break,
-                }
-            }
-            Ok(body)
+            body_of(&mut up).await
         }
         .await;
         writer.await.unwrap();
