@@ -20,7 +20,8 @@
 //!   body, a `Connection: close` either way or an HTTP/1.0 answer without `keep-alive` keep
 //!   the upstream connection out of the pool;
 //! - the client's head: the upstream's status line (its version and reason), its header
-//!   lines in `http::HeaderMap` order (values of one name together, first seen first) minus
+//!   lines in `http::HeaderMap` order (values of one name together, names as first seen, a
+//!   removed name's place taken by the last name, as `HeaderMap::remove` leaves it) minus
 //!   the hop-by-hop ones, `Date` replaced by the proxy's, then `Transfer-Encoding: chunked`
 //!   for a close-delimited answer, the upstream-name header and `Connection`, as pingora's
 //!   inserts leave them;
