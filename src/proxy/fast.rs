@@ -4,9 +4,9 @@
 //! One request: read the head with pingora's own parser and validation
 //! (`v1::server::HttpSession::read_request`), route and hold with [`Proxy::admit`], take an
 //! upstream connection from the per-thread [`pool`](super::pool) (or connect), send the
-//! request built by [`sanitize::upstream_request`] plus pingora's post-filter checks, relay
-//! the response (close-delimited answers turned chunked, as pingora does) and keep both
-//! connections only when both messages completed. Failures go through the same
+//! request built by [`sanitize::upstream_request`] plus pingora's post-filter checks and relay
+//! the response through [`h1`] (pingora's wire rules, close-delimited answers turned chunked),
+//! and keep both connections only when both messages completed. Failures go through the same
 //! [`Ctx`] functions as the stock phases (fallback, retry, outlier ejection) and are answered
 //! with the same 502/504 bodies; metrics and the access log come from [`Proxy::finish`].
 //!
@@ -250,13 +250,10 @@ impl Engine {
                 Ok(()) => break (down.status(), None),
                 Err(Attempt::Retry) => continue,
                 Err(Attempt::Failed(e)) => {
-                    let code = match failure_response(&ctx, &e) {
-                        Some((code, resp, body)) => {
-                            let _ = down.error(resp, &body).await;
-                            code
-                        }
-                        None => failure_answer(&e).0,
-                    };
+                    let (code, answer) = failure_response(&ctx, &e);
+                    if let Some((resp, body)) = answer {
+                        let _ = down.error(resp, &body).await;
+                    }
                     ctx.set_status(code);
                     break (if down.started() { down.status() } else { code }, Some(e));
                 }
@@ -283,13 +280,10 @@ impl Engine {
         mut ctx: Ctx,
         e: Box<Error>,
     ) -> Served {
-        let code = match failure_response(&ctx, &e) {
-            Some((code, resp, body)) => {
-                let _ = write_error_response(&mut client, resp, body).await;
-                code
-            }
-            None => failure_answer(&e).0,
-        };
+        let (code, answer) = failure_response(&ctx, &e);
+        if let Some((resp, body)) = answer {
+            let _ = write_error_response(&mut client, resp, body).await;
+        }
         ctx.set_status(code);
         let written = written_status(&client, code);
         self.proxy
@@ -538,20 +532,20 @@ async fn reuse_session(mut client: Box<ClientSession>, keep: bool) -> Served {
     }
 }
 
-/// A failed request's answer (`fail_to_proxy`): its status, head and JSON body; `None` when
-/// the client is gone (nothing to answer).
-fn failure_response(ctx: &Ctx, e: &Error) -> Option<(u16, ResponseHeader, Bytes)> {
+/// A failed request's answer (`fail_to_proxy`): its status, and its head and JSON body
+/// unless the client is gone (status 0: nothing to answer).
+fn failure_response(ctx: &Ctx, e: &Error) -> (u16, Option<(ResponseHeader, Bytes)>) {
     let (code, msg) = failure_answer(e);
     if code == 0 {
-        return None;
+        return (code, None);
     }
     let body = failure_body(ctx, msg);
-    let mut resp = ResponseHeader::build(code, Some(3)).ok()?;
-    resp.insert_header(header::CONTENT_TYPE, "application/json")
-        .ok()?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())
-        .ok()?;
-    Some((code, resp, body))
+    let head = ResponseHeader::build(code, Some(3)).and_then(|mut resp| {
+        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        Ok(resp)
+    });
+    (code, head.ok().map(|resp| (resp, body)))
 }
 
 /// The last piece of a response body, then its end (`ServerSession::write_response_body`

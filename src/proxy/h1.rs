@@ -110,7 +110,7 @@ fn name_key(name: &[u8]) -> u32 {
 
 /// How a body is delimited.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Framing {
+enum Framing {
     /// No body at all.
     Empty,
     /// This many bytes.
@@ -181,30 +181,42 @@ impl Response {
     /// hop-by-hop names) moves the last name into its place (`HeaderMap::remove` swaps).
     fn client_fields(&self, mut f: impl FnMut(&Field)) {
         let fields = &self.fields;
-        // The first line of each name, in order.
-        let mut names: Vec<u16> = Vec::with_capacity(fields.len());
+        // The first line of each name, in order: on the stack for an ordinary head.
+        let mut stack = [0u16; 32];
+        let mut heap = Vec::new();
+        let names: &mut [u16] = if fields.len() <= stack.len() {
+            &mut stack
+        } else {
+            heap.resize(fields.len(), 0);
+            &mut heap
+        };
+        let mut len = 0;
         for (i, field) in fields.iter().enumerate() {
-            if !names
+            if !names[..len]
                 .iter()
                 .any(|&l| self.same_name(&fields[l as usize], field))
             {
-                names.push(i as u16);
+                names[len] = i as u16;
+                len += 1;
             }
         }
-        let mut remove = |gone: Kind| {
-            if let Some(at) = names.iter().position(|&l| fields[l as usize].kind == gone) {
-                names.swap_remove(at);
+        let hop = self.status != 101;
+        for (gone, applies) in [
+            (Kind::ContentLength, self.has_te),
+            (Kind::Connection, hop),
+            (Kind::KeepAlive, hop),
+            (Kind::ProxyConnection, hop),
+        ] {
+            let at = names[..len]
+                .iter()
+                .position(|&l| fields[l as usize].kind == gone);
+            if let (true, Some(at)) = (applies, at) {
+                // `swap_remove`, as `HeaderMap::remove` does to its entries.
+                len -= 1;
+                names[at] = names[len];
             }
-        };
-        if self.has_te {
-            remove(Kind::ContentLength);
         }
-        if self.status != 101 {
-            remove(Kind::Connection);
-            remove(Kind::KeepAlive);
-            remove(Kind::ProxyConnection);
-        }
-        for &l in &names {
+        for &l in &names[..len] {
             let first = &fields[l as usize];
             for field in &fields[l as usize..] {
                 if self.same_name(first, field) {
@@ -330,7 +342,7 @@ impl Upstream {
             .is_some_and(|v| last_token_is_chunked(v.as_bytes()));
         if chunked {
             if !body.is_empty() {
-                out.put_slice(format!("{:X}\r\n", body.len()).as_bytes());
+                put_chunk_size(&mut out, body.len());
                 out.put_slice(body);
                 out.put_slice(b"\r\n");
             }
@@ -447,7 +459,7 @@ impl Upstream {
         loop {
             match self.body {
                 Body::Head | Body::Done => return Ok(Piece::Done),
-                Body::Length(left) => {
+                Body::Length(left) | Body::ChunkData(left) => {
                     if self.buf.is_empty() {
                         return Ok(Piece::More);
                     }
@@ -485,13 +497,6 @@ impl Upstream {
                         )
                     }
                 },
-                Body::ChunkData(left) => {
-                    if self.buf.is_empty() {
-                        return Ok(Piece::More);
-                    }
-                    let n = (self.buf.len() as u64).min(left) as usize;
-                    return Ok(Piece::Data(n));
-                }
                 Body::ChunkEnd => {
                     if self.buf.len() < 2 {
                         if self.buf.first().is_some_and(|&b| b != b'\r') {
@@ -849,7 +854,7 @@ impl Downstream {
     /// The upstream's response head for the client (see the module's rules); the body
     /// follows with [`Downstream::body`]. `no_body`: the request was HEAD; `upstream_name`:
     /// the `x-switchyard-upstream` value when the table adds it; `chunked`: the body is
-    /// close-delimited upstream and goes chunked (see [`Downstream::chunks`]).
+    /// close-delimited upstream and goes chunked ([`Response::goes_chunked`]).
     pub fn head(
         &mut self,
         resp: &Response,
@@ -896,18 +901,14 @@ impl Downstream {
         }
         // The body's framing for the client, as pingora's server decides it from the
         // headers it writes.
-        self.mode = if no_body || matches!(resp.status, 204 | 304) {
-            Out::Empty
-        } else if chunked || (resp.has_te && resp.framing == Framing::Chunked) {
-            Out::Chunked
-        } else if resp.has_te {
-            Out::Close
-        } else {
-            match resp.framing {
-                Framing::Length(n) => Out::Length(n),
-                Framing::Empty => Out::Length(0),
-                _ => Out::Close,
-            }
+        // (A `Content-Length` next to a `Transfer-Encoding` is neither framing nor sent.)
+        self.mode = match resp.framing {
+            _ if no_body => Out::Empty,
+            Framing::Empty => Out::Empty,
+            _ if chunked => Out::Chunked,
+            Framing::Chunked => Out::Chunked,
+            Framing::Length(n) => Out::Length(n),
+            Framing::Close => Out::Close,
         };
         if self.mode == Out::Close {
             self.keepalive = false;
@@ -937,20 +938,8 @@ impl Downstream {
             pingora::protocols::http::date::get_cached_date(),
         )?;
         resp.insert_header(header::CONNECTION, "close")?;
-        let out = &mut self.out;
-        out.put_slice(match resp.version {
-            http::Version::HTTP_10 => b"HTTP/1.0 ",
-            _ => b"HTTP/1.1 ",
-        });
-        out.put_slice(resp.status.as_str().as_bytes());
-        out.put_u8(b' ');
-        if let Some(r) = resp.get_reason_phrase() {
-            out.put_slice(r.as_bytes());
-        }
-        out.put_slice(b"\r\n");
-        resp.header_to_h1_wire(out);
-        out.put_slice(b"\r\n");
-        out.put_slice(body);
+        put_head(&mut self.out, &resp);
+        self.out.put_slice(body);
         self.status = resp.status.as_u16();
         self.mode = Out::Done;
         self.send().await
@@ -966,8 +955,7 @@ impl Downstream {
                 self.put(&data[..n]).await
             }
             Out::Chunked if !data.is_empty() => {
-                self.out
-                    .put_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                put_chunk_size(&mut self.out, data.len());
                 self.put(data).await?;
                 self.out.put_slice(b"\r\n");
                 Ok(())
@@ -1013,9 +1001,6 @@ impl Downstream {
                 self.keepalive = false;
             }
         }
-        if self.mode == Out::Close {
-            self.keepalive = false;
-        }
         self.mode = Out::Done;
         self.send().await
     }
@@ -1045,6 +1030,32 @@ fn itoa3(code: u16) -> [u8; 3] {
         b'0' + (c / 10 % 10) as u8,
         b'0' + (c % 10) as u8,
     ]
+}
+
+/// A head built as a `ResponseHeader`, as pingora's server serializes it
+/// (`http_resp_header_to_buf`).
+fn put_head(out: &mut BytesMut, resp: &ResponseHeader) {
+    out.put_slice(match resp.version {
+        http::Version::HTTP_10 => b"HTTP/1.0 ",
+        _ => b"HTTP/1.1 ",
+    });
+    out.put_slice(resp.status.as_str().as_bytes());
+    out.put_u8(b' ');
+    if let Some(r) = resp.get_reason_phrase() {
+        out.put_slice(r.as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    resp.header_to_h1_wire(out);
+    out.put_slice(b"\r\n");
+}
+
+/// A chunk-size line: the length in upper-case hex, then CRLF.
+fn put_chunk_size(out: &mut BytesMut, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.put_u8(b"0123456789ABCDEF"[(n >> (i * 4)) & 0xF]);
+    }
+    out.put_slice(b"\r\n");
 }
 
 fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -1089,10 +1100,7 @@ mod tests {
         let mut up = Upstream::new(fed(bytes).await, None, None);
         let resp = up.read_head(false).await.map_err(|e| e.to_string())?;
         let body = body_of(&mut up).await?;
-        // Nothing came past the response in these tests but the close.
-        up.reusable &= matches!(up.body, Body::Done);
-        let reusable = up.reusable && up.buf.is_empty();
-        Ok((resp, body, reusable))
+        Ok((resp, body, up.into_reusable().is_some()))
     }
 
     /// The rest of the response body, read as the fast path reads it.
@@ -1173,16 +1181,7 @@ mod tests {
         )
         .unwrap();
         let mut out = BytesMut::new();
-        out.put_slice(match resp.version {
-            http::Version::HTTP_10 => b"HTTP/1.0 ",
-            _ => b"HTTP/1.1 ",
-        });
-        out.put_slice(resp.status.as_str().as_bytes());
-        out.put_u8(b' ');
-        out.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
-        out.put_slice(b"\r\n");
-        resp.header_to_h1_wire(&mut out);
-        out.put_slice(b"\r\n");
+        put_head(&mut out, &resp);
         out.to_vec()
     }
 
@@ -1373,6 +1372,16 @@ mod tests {
         .await;
         writer.await.unwrap();
         r
+    }
+
+    /// Chunk-size lines are what `format!("{:X}\r\n")` writes.
+    #[test]
+    fn chunk_sizes_are_upper_hex() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 4096, 65_535, 1 << 20, usize::MAX] {
+            let mut out = BytesMut::new();
+            put_chunk_size(&mut out, n);
+            assert_eq!(&out[..], format!("{n:X}\r\n").as_bytes());
+        }
     }
 
     /// A `HEAD` answer has no body whatever its head says, and the connection is reusable.

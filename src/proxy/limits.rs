@@ -173,13 +173,8 @@ pub fn header_line_len(name: &str, value: &HeaderValue) -> usize {
     name.len() + 2 + value.len()
 }
 
-/// Checks the declared `Content-Length` against the route's body limit (`None` = no limit), so
-/// an oversized body is refused before a byte of it is read.
-pub fn check_declared_body(req: &RequestHeader, max: Option<u64>) -> Result<(), Reject> {
-    check_declared(declared_length(req), max)
-}
-
-/// [`check_declared_body`] of a length already looked up.
+/// Checks the declared `Content-Length` ([`declared_length`]) against the route's body limit
+/// (`None` = no limit), so an oversized body is refused before a byte of it is read.
 pub fn check_declared(len: Option<u64>, max: Option<u64>) -> Result<(), Reject> {
     let (Some(max), Some(len)) = (max, len) else {
         return Ok(());
@@ -206,10 +201,10 @@ pub fn declared_length(req: &RequestHeader) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Whether the request announces a body (a non-zero `Content-Length` or a `Transfer-Encoding`).
-pub fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(header::TRANSFER_ENCODING)
-        || declared_length(req).is_some_and(|n| n > 0)
+/// Whether the request announces a body: a non-zero `Content-Length` (`declared`, as
+/// [`declared_length`] found it) or a `Transfer-Encoding`.
+pub fn has_body(req: &RequestHeader, declared: Option<u64>) -> bool {
+    declared.is_some_and(|n| n > 0) || req.headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 /// Rewrites an absolute-form target (`GET http://example.com/x HTTP/1.1`) to origin-form
@@ -319,14 +314,18 @@ mod tests {
     #[test]
     fn body_limits() {
         let r = req("/", &[("content-length", "10")]);
-        assert_eq!(check_declared_body(&r, Some(10)), Ok(()));
-        assert_eq!(check_declared_body(&r, Some(9)), Err(BODY_TOO_LARGE));
-        assert_eq!(check_declared_body(&r, None), Ok(()));
+        let declared = declared_length(&r);
+        assert_eq!(declared, Some(10));
+        assert_eq!(check_declared(declared, Some(10)), Ok(()));
+        assert_eq!(check_declared(declared, Some(9)), Err(BODY_TOO_LARGE));
+        assert_eq!(check_declared(declared, None), Ok(()));
         assert_eq!(check_body_seen(10, Some(10)), Ok(()));
         assert_eq!(check_body_seen(11, Some(10)), Err(BODY_TOO_LARGE));
-        assert!(has_body(&r));
-        assert!(!has_body(&req("/", &[("content-length", "0")])));
-        assert!(has_body(&req("/", &[("transfer-encoding", "chunked")])));
+        assert!(has_body(&r, declared));
+        let empty = req("/", &[("content-length", "0")]);
+        assert!(!has_body(&empty, declared_length(&empty)));
+        let chunked = req("/", &[("transfer-encoding", "chunked")]);
+        assert!(has_body(&chunked, declared_length(&chunked)));
     }
 
     #[test]

@@ -711,7 +711,7 @@ impl Proxy {
         }
         ctx.admitted(req, declared);
         // The body is read from now on (not while the request was held): watch its rate.
-        if declared.is_some_and(|n| n > 0) || req.headers.contains_key(header::TRANSFER_ENCODING) {
+        if limits::has_body(req, declared) {
             edge::body_started();
             self.may_be_dropped(req, ctx);
         }

@@ -189,7 +189,7 @@ pub fn upstream_request(
     // with the names as they are (`append_header` turns each name into a case name and parses
     // it back, allocating twice for every non-standard one), and put in at the end.
     // An origin-form target the client's URI already reproduces (no path rewrite) is not
-    // parsed again: its URI is shared (about 1,500 instructions a request).
+    // parsed again: its URI is shared (about 700 instructions a request, measured).
     let same_uri = rewritten.is_none()
         && target.starts_with(b"/")
         && std::str::from_utf8(target).is_ok_and(|t| src.uri == *t);
