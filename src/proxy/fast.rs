@@ -326,38 +326,59 @@ impl Engine {
         );
         let method = &client.method;
 
-        // The request: switchyard's edits, then pingora's post-filter checks.
-        let req = {
-            let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) else {
-                return Err(Attempt::Failed(Error::explain(
-                    ErrorType::InternalError,
-                    "no upstream chosen",
-                )));
-            };
-            let mut req = sanitize::upstream_request(
-                client,
-                &table.upstreams[u],
-                table.proxy.override_header.as_ref(),
-                ip,
-                tls,
-            )
-            .map_err(Attempt::Failed)?;
-            sanitize::finish_upstream_request(
-                &mut req,
-                client.headers.contains_key(header::HOST),
-                !body.is_empty(),
-            )
-            .map_err(Attempt::Failed)?;
-            req
+        // The request: switchyard's edits, then pingora's post-filter checks; the common
+        // request's head written straight to the wire (a shadow copy wants the header map).
+        let (Some(table), Some(u)) = (ctx.table.as_ref(), ctx.upstream) else {
+            return Err(Attempt::Failed(Error::explain(
+                ErrorType::InternalError,
+                "no upstream chosen",
+            )));
         };
-        ctx.attempt_sending(&req);
+        let (upstream, override_header) =
+            (&table.upstreams[u], table.proxy.override_header.as_ref());
+        let mut head = BytesMut::with_capacity(512);
+        let direct = match ctx.shadow {
+            None => sanitize::upstream_head(
+                client,
+                upstream,
+                override_header,
+                (ip, tls),
+                !body.is_empty(),
+                &mut head,
+            )
+            .map_err(Attempt::Failed)?,
+            Some(_) => None,
+        };
+        let req = match direct {
+            Some(_) => None,
+            None => {
+                let mut req =
+                    sanitize::upstream_request(client, upstream, override_header, ip, tls)
+                        .map_err(Attempt::Failed)?;
+                sanitize::finish_upstream_request(
+                    &mut req,
+                    client.headers.contains_key(header::HOST),
+                    !body.is_empty(),
+                )
+                .map_err(Attempt::Failed)?;
+                Some(req)
+            }
+        };
+        ctx.attempt_sending(req.as_ref());
         if !body.is_empty() {
             ctx.body_chunk(body);
         }
 
         // Sending: any failure here is before a response, so the attempt may be retried.
         let sent = async {
-            up.send(&req, body).await?;
+            match &req {
+                Some(req) => up.send(req, body).await?,
+                // Written: the head asks for no close (no `Connection` goes upstream).
+                None => {
+                    up.send_head(head, (direct == Some(true), false), body)
+                        .await?
+                }
+            }
             up.read_head(*method == Method::HEAD).await
         }
         .await;

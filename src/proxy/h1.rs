@@ -322,14 +322,13 @@ impl Upstream {
     /// Sends `req` (serialized as pingora's client does) and `body` in one write, then
     /// flushes. The body goes chunked when the request says so.
     pub async fn send(&mut self, req: &RequestHeader, body: &[u8]) -> Result<()> {
-        let Some(mut out) = pingora::protocols::http::v1::client::http_req_header_to_wire(req)
-        else {
+        let Some(out) = pingora::protocols::http::v1::client::http_req_header_to_wire(req) else {
             return Error::e_explain(
                 ErrorType::InvalidHTTPHeader,
                 "request-line contains forbidden delimiter bytes or unsupported HTTP version",
             );
         };
-        self.request_close = req
+        let close = req
             .headers
             .get(header::CONNECTION)
             .and_then(|v| keepalive_of(v.as_bytes()))
@@ -340,6 +339,19 @@ impl Upstream {
             .iter()
             .next_back()
             .is_some_and(|v| last_token_is_chunked(v.as_bytes()));
+        self.send_head(out, (chunked, close), body).await
+    }
+
+    /// Sends a request head already serialized in `out` and `body` in one write, then
+    /// flushes: `chunked`, the head frames the body chunked; `close`, it asks the upstream to
+    /// close the connection after the answer.
+    pub async fn send_head(
+        &mut self,
+        mut out: BytesMut,
+        (chunked, close): (bool, bool),
+        body: &[u8],
+    ) -> Result<()> {
+        self.request_close = close;
         if chunked {
             if !body.is_empty() {
                 put_chunk_size(&mut out, body.len());

@@ -338,11 +338,15 @@ impl Ctx {
     /// A new attempt begins sending: body counts restart (a replay resends from the start).
     /// `upstream_req` is the request as it goes to the upstream: a shadow copy carries its
     /// forwarding headers.
-    pub(crate) fn attempt_sending(&mut self, upstream_req: &RequestHeader) {
+    /// `None`: the fast path wrote the head straight to the wire (it does so only without a
+    /// shadow).
+    pub(crate) fn attempt_sending(&mut self, upstream_req: Option<&RequestHeader>) {
         self.body_bytes = 0;
         if let Some(c) = self.shadow.as_mut() {
             c.restart_body();
-            c.forwarded(&upstream_req.headers);
+            if let Some(r) = upstream_req {
+                c.forwarded(&r.headers);
+            }
         }
     }
 
@@ -978,7 +982,7 @@ impl ProxyHttp for Proxy {
             client_ip(session.client_addr()),
             tls,
         )?;
-        ctx.attempt_sending(req);
+        ctx.attempt_sending(Some(req));
         Ok(())
     }
 
@@ -1125,38 +1129,40 @@ pub(crate) fn forwarded_for(
     prev: Option<&HeaderValue>,
     ip: std::net::IpAddr,
 ) -> Result<HeaderValue> {
-    use std::io::Write;
     let prev = prev.map(HeaderValue::as_bytes).filter(|p| !p.is_empty());
     let mut buf = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
     if let Some(p) = prev {
         buf.extend_from_slice(p);
         buf.extend_from_slice(b", ");
     }
-    match ip {
-        std::net::IpAddr::V4(v4) => push_ipv4(&mut buf, v4),
-        v6 => {
-            let _ = write!(buf, "{v6}");
-        }
-    }
+    push_ip(&mut buf, ip);
     // The buffer becomes the value's bytes, not copied again.
     HeaderValue::from_maybe_shared(Bytes::from(buf))
         .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "x-forwarded-for", e))
 }
 
-/// Appends `ip` in dotted-decimal form, as its `Display` does, without the formatting
-/// machinery (a thousand instructions per request).
-fn push_ipv4(buf: &mut Vec<u8>, ip: std::net::Ipv4Addr) {
-    for (i, o) in ip.octets().into_iter().enumerate() {
+/// Appends `ip` as its `Display` writes it; an IPv4 address (dotted decimal) without the
+/// formatting machinery (a thousand instructions per request).
+pub(crate) fn push_ip<B: bytes::BufMut>(buf: &mut B, ip: std::net::IpAddr) {
+    let v4 = match ip {
+        std::net::IpAddr::V4(v4) => v4,
+        v6 => {
+            use std::io::Write;
+            let _ = write!(bytes::BufMut::writer(&mut *buf), "{v6}");
+            return;
+        }
+    };
+    for (i, o) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            buf.push(b'.');
+            buf.put_u8(b'.');
         }
         if o >= 100 {
-            buf.push(b'0' + o / 100);
+            buf.put_u8(b'0' + o / 100);
         }
         if o >= 10 {
-            buf.push(b'0' + o / 10 % 10);
+            buf.put_u8(b'0' + o / 10 % 10);
         }
-        buf.push(b'0' + o % 10);
+        buf.put_u8(b'0' + o % 10);
     }
 }
 

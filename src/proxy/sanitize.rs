@@ -26,6 +26,7 @@
 
 use std::net::IpAddr;
 
+use bytes::BufMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 use pingora::http::RequestHeader;
@@ -319,6 +320,188 @@ pub fn upstream_request(
     Ok(req)
 }
 
+/// The upstream request head of the common request written straight into `out`: the bytes
+/// [`upstream_request`], [`finish_upstream_request`] and pingora's `http_req_header_to_wire`
+/// produce together, without a header map built in between (about 3,500 instructions a
+/// request less on the fast path). The common request: origin-form target not rewritten, no
+/// WebSocket upgrade, at most one `Host` value going upstream and none with userinfo. For any
+/// other request nothing is written and `Ok(None)` sends the caller to the general builder,
+/// whose errors and edits then apply. `Ok(Some(chunked))`: written; the body goes chunked.
+/// Errors are the ones [`upstream_request`] returns first for the same request.
+pub fn upstream_head(
+    src: &RequestHeader,
+    up: &Upstream,
+    override_header: Option<&HeaderName>,
+    (client_ip, tls): (Option<IpAddr>, bool),
+    client_has_body: bool,
+    out: &mut bytes::BytesMut,
+) -> Result<Option<bool>> {
+    let nominated = Nominations::parse(src)?;
+    let target = src.raw_path();
+    let plain_target = target.first() == Some(&b'/')
+        && !target
+            .iter()
+            .any(|&b| matches!(b, 0x00 | 0x0a | 0x0d | 0x20))
+        && src.uri.authority().is_none()
+        && std::str::from_utf8(target).is_ok_and(|t| src.uri == *t);
+    if !plain_target
+        || is_websocket_upgrade(src)
+        || super::decide::rewrite_path(
+            src.uri.path_and_query().map_or("/", |p| p.as_str()),
+            up.strip_prefix.as_deref(),
+            up.path_prefix.as_deref(),
+        )
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let fixed_host = match &up.host {
+        HostHeader::Fixed(h) => match HeaderValue::from_str(h) {
+            Ok(v) => Some(v),
+            Err(_) => return Ok(None),
+        },
+        _ => None,
+    };
+    let mut hosts = src.headers.get_all(header::HOST).iter();
+    let client_host = hosts.next();
+    let host_going = fixed_host.as_ref().or(client_host);
+    if (fixed_host.is_none() && hosts.next().is_some())
+        || host_going.is_some_and(|h| h.as_bytes().contains(&b'@'))
+    {
+        return Ok(None);
+    }
+    let skipped = |name: &HeaderName| {
+        hop_by_hop(name)
+            || nominated.contains(name)
+            || *name == SECRET
+            || Some(name) == override_header
+    };
+    let prev_xff = src.headers.get(&X_FORWARDED_FOR);
+
+    out.put_slice(src.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target);
+    out.put_slice(b" HTTP/1.1\r\n");
+    let (mut host_done, mut xff_done, mut xfp_done, mut xfh_done) = (false, false, false, false);
+    let mut length = false;
+    let mut last: Option<&HeaderName> = None;
+    for (name, value) in src.headers.iter() {
+        let repeat = last == Some(name);
+        last = Some(name);
+        if skipped(name) {
+            continue;
+        }
+        // Switchyard's headers replace every value the client sent, in the place of the first.
+        if *name == header::HOST && fixed_host.is_some() {
+            if !repeat {
+                put_line(out, name, fixed_host.as_ref().map_or(&[], |h| h.as_bytes()));
+                host_done = true;
+            }
+            continue;
+        }
+        if *name == X_FORWARDED_FOR && client_ip.is_some() {
+            if !repeat {
+                put_forwarded_for(out, prev_xff, client_ip);
+                xff_done = true;
+            }
+            continue;
+        }
+        if *name == X_FORWARDED_PROTO {
+            if !repeat {
+                put_line(out, name, proto(tls));
+                xfp_done = true;
+            }
+            continue;
+        }
+        if *name == X_FORWARDED_HOST && client_host.is_some() {
+            if !repeat {
+                put_line(out, name, client_host.map_or(&[], |h| h.as_bytes()));
+                xfh_done = true;
+            }
+            continue;
+        }
+        host_done |= *name == header::HOST;
+        length |= *name == header::CONTENT_LENGTH;
+        put_line(out, name, value.as_bytes());
+    }
+    if let (false, Some(h)) = (host_done, &fixed_host) {
+        put_line(out, &header::HOST, h.as_bytes());
+        host_done = true;
+    }
+    if !xff_done && client_ip.is_some() {
+        put_forwarded_for(out, prev_xff, client_ip);
+    }
+    if !xfp_done {
+        put_line(out, &X_FORWARDED_PROTO, proto(tls));
+    }
+    if let (false, Some(h)) = (xfh_done, client_host) {
+        put_line(out, &X_FORWARDED_HOST, h.as_bytes());
+    }
+    // pingora's post-filter step: a client `Host` dropped on the way comes back empty, and a
+    // body without framing goes chunked.
+    if client_host.is_some() && !host_done {
+        put_line(out, &header::HOST, b"");
+    }
+    let chunked = client_has_body && !length;
+    if chunked {
+        put_line(out, &header::TRANSFER_ENCODING, b"chunked");
+    }
+    out.put_slice(b"\r\n");
+    Ok(Some(chunked))
+}
+
+/// `X-Forwarded-Proto`'s value.
+fn proto(tls: bool) -> &'static [u8] {
+    if tls {
+        b"https"
+    } else {
+        b"http"
+    }
+}
+
+/// One header line as pingora writes a header map without case: the dozen names it knows in
+/// title case, the others as stored (lowercase).
+fn put_line(out: &mut bytes::BytesMut, name: &HeaderName, value: &[u8]) {
+    out.put_slice(titled(name).as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// `X-Forwarded-For` with the client's address appended to the value it sent.
+fn put_forwarded_for(out: &mut bytes::BytesMut, prev: Option<&HeaderValue>, ip: Option<IpAddr>) {
+    out.put_slice(b"x-forwarded-for: ");
+    let prev = prev.map(HeaderValue::as_bytes).filter(|p| !p.is_empty());
+    if let Some(p) = prev {
+        out.put_slice(p);
+        out.put_slice(b", ");
+    }
+    if let Some(ip) = ip {
+        super::push_ip(out, ip);
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// The name pingora's `header_to_h1_wire` writes for `name` in a map without case
+/// (`case_header_name::titled_header_name_str`, private to pingora-http 0.9.1).
+fn titled(name: &HeaderName) -> &str {
+    match *name {
+        header::ACCEPT_RANGES => "Accept-Ranges",
+        header::AGE => "Age",
+        header::CACHE_CONTROL => "Cache-Control",
+        header::CONNECTION => "Connection",
+        header::CONTENT_TYPE => "Content-Type",
+        header::CONTENT_ENCODING => "Content-Encoding",
+        header::CONTENT_LENGTH => "Content-Length",
+        header::DATE => "Date",
+        header::TRANSFER_ENCODING => "Transfer-Encoding",
+        header::HOST => "Host",
+        header::SERVER => "Server",
+        header::SET_COOKIE => "Set-Cookie",
+        _ => name.as_str(),
+    }
+}
+
 /// Whether the URI of `parts` reproduces `target` byte for byte, so the header rebuilt from
 /// them sends the same request line without keeping the target apart.
 fn shell_target_kept(parts: &http::request::Parts, target: &[u8]) -> bool {
@@ -528,6 +711,120 @@ mod tests {
         assert_eq!(
             names,
             ["host", "accept", "x-forwarded-proto", "x-forwarded-host"]
+        );
+    }
+
+    /// The head `upstream_head` writes is, byte for byte, what the general builder, pingora's
+    /// post-filter checks and pingora's serializer produce (and the same error, or nothing
+    /// written), over generated requests: header case, duplicates, nominations, forwarding
+    /// headers present or not, fixed and client hosts, rewrites, bodies, IPv4/IPv6 clients.
+    #[test]
+    fn written_heads_match_the_general_builder() {
+        let targets: [&[u8]; 6] = [
+            b"/a?b",
+            b"/api/x",
+            b"/",
+            b"http://a.test/x",
+            b"*",
+            b"/caf\xe9",
+        ];
+        let lines: [(&str, &str); 24] = [
+            ("Host", "a.test"),
+            ("host", "b.test:8080"),
+            ("host", "u@evil.test"),
+            ("Connection", "close"),
+            ("connection", "x-a, keep-alive"),
+            ("connection", "host"),
+            ("connection", "content-length"),
+            ("Upgrade", "websocket"),
+            ("X-A", "1"),
+            ("x-b", "2"),
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("x-forwarded-for", ""),
+            ("X-Forwarded-Proto", "ftp"),
+            ("X-Forwarded-Host", "h.test"),
+            ("Content-Length", "3"),
+            ("Transfer-Encoding", "chunked"),
+            ("Keep-Alive", "5"),
+            ("TE", "trailers"),
+            ("Accept", "*/*"),
+            ("User-Agent", "t"),
+            ("Date", "x"),
+            ("cache-control", "no-cache"),
+            ("x-switchyard-secret", "s"),
+            ("x-override", "canary"),
+        ];
+        let ips: [Option<IpAddr>; 3] = [None, Some([10, 0, 0, 9].into()), "::1".parse().ok()];
+        let override_header = HeaderName::from_static("x-override");
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut written, mut general) = (0, 0);
+        for case in 0..8000 {
+            let target = targets[next(targets.len())];
+            let Ok(mut src) = RequestHeader::build(["GET", "POST"][next(2)], target, None) else {
+                continue;
+            };
+            for _ in 0..next(7) {
+                let (n, v) = lines[next(lines.len())];
+                src.append_header(n.to_string(), v).unwrap();
+            }
+            let mut up = upstream();
+            up.host = match next(4) {
+                0 => HostHeader::Fixed("fixed.test".into()),
+                1 => HostHeader::Fixed("u@fixed.test".into()),
+                _ => HostHeader::Client,
+            };
+            if next(4) == 0 {
+                up.strip_prefix = Some("/api".into());
+            }
+            let over = [None, Some(&override_header)][next(2)];
+            let (ip, tls, body) = (ips[next(3)], next(2) == 0, next(2) == 0);
+
+            let mut head = bytes::BytesMut::new();
+            let direct = upstream_head(&src, &up, over, (ip, tls), body, &mut head);
+            let reference = upstream_request(&src, &up, over, ip, tls).and_then(|mut r| {
+                finish_upstream_request(&mut r, src.headers.contains_key(header::HOST), body)?;
+                Ok(r)
+            });
+            match (direct, reference) {
+                (Ok(Some(chunked)), Ok(r)) => {
+                    written += 1;
+                    let wire =
+                        pingora::protocols::http::v1::client::http_req_header_to_wire(&r).unwrap();
+                    assert_eq!(
+                        String::from_utf8_lossy(&head),
+                        String::from_utf8_lossy(&wire),
+                        "case {case}: {src:?}"
+                    );
+                    let te = r.headers.get(header::TRANSFER_ENCODING);
+                    assert_eq!(chunked, te.is_some_and(|v| v == "chunked"), "case {case}");
+                    assert!(!r.headers.contains_key(header::CONNECTION), "case {case}");
+                }
+                (Ok(None), _) => {
+                    general += 1;
+                    assert!(
+                        head.is_empty(),
+                        "case {case}: written, then sent to the builder"
+                    );
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string(), "case {case}: {src:?}");
+                }
+                (a, b) => panic!(
+                    "case {case}: {src:?}: direct {a:?}, general {:?}",
+                    b.map(|_| ())
+                ),
+            }
+        }
+        // Both ways were taken often enough to mean something.
+        assert!(
+            written > 1000 && general > 500,
+            "{written} written, {general} general"
         );
     }
 }
