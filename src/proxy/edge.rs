@@ -109,32 +109,35 @@ pub fn dropped_reason() -> Option<&'static str> {
 
 /// How often a body's rate is looked at once its grace period is over.
 const RECHECK: Duration = Duration::from_secs(1);
-/// When a phase with nothing to watch is looked at again (a phase change re-arms the timer
-/// sooner).
-const IDLE_RECHECK: Duration = Duration::from_secs(3600);
 
-/// The verdict on `phase` at `now`: `Err` when a limit is broken, else when to look again.
-fn verdict(phase: Phase, now: Instant, limits: &Limits) -> Result<Instant, Reject> {
+/// The verdict on `phase` at `now()`: `Err` when a limit is broken, else when to look again
+/// (`None`: not until the phase changes; the clock is not read then).
+fn verdict(
+    phase: Phase,
+    now: impl Fn() -> Instant,
+    limits: &Limits,
+) -> Result<Option<Instant>, Reject> {
     match phase {
-        Phase::Head(deadline) if now >= deadline => Err(HEAD_TIMEOUT),
-        Phase::Head(deadline) => Ok(deadline),
+        Phase::Head(deadline) if now() >= deadline => Err(HEAD_TIMEOUT),
+        Phase::Head(deadline) => Ok(Some(deadline)),
         Phase::Body { start, bytes } if limits.body_min_rate > 0 => {
+            let now = now();
             let elapsed = now.saturating_duration_since(start);
             if elapsed <= limits.body_grace {
-                return Ok(start + limits.body_grace + RECHECK);
+                return Ok(Some(start + limits.body_grace + RECHECK));
             }
             let owed = (elapsed - limits.body_grace).as_secs_f64() * limits.body_min_rate as f64;
             if (bytes as f64) < owed {
                 Err(BODY_TOO_SLOW)
             } else {
-                Ok(now + RECHECK)
+                Ok(Some(now + RECHECK))
             }
         }
-        Phase::Upgraded { idle, last } if now.saturating_duration_since(last) >= idle => {
+        Phase::Upgraded { idle, last } if now().saturating_duration_since(last) >= idle => {
             Err(UPGRADED_IDLE)
         }
-        Phase::Upgraded { idle, last } => Ok(last + idle),
-        Phase::Body { .. } | Phase::Free | Phase::Dropped(_) => Ok(now + IDLE_RECHECK),
+        Phase::Upgraded { idle, last } => Ok(Some(last + idle)),
+        Phase::Body { .. } | Phase::Free | Phase::Dropped(_) => Ok(None),
     }
 }
 
@@ -160,19 +163,34 @@ pub async fn guard<T>(
     WATCH
         .scope(watch, async {
             tokio::pin!(request);
-            let sleep = tokio::time::sleep_until(deadline.into());
-            tokio::pin!(sleep);
-            let mut kind = std::mem::discriminant(&start);
+            // The timer is made and registered only when a phase has something to watch: the
+            // common request is past its head (`Free`) by the watchdog's first poll, and then
+            // costs no timer at all.
+            let mut sleep = std::pin::pin!(None::<tokio::time::Sleep>);
+            let mut armed = false;
+            let mut kind = None;
             let watchdog = std::future::poll_fn(|cx| loop {
                 let phase = WATCH.with(|w| w.phase.get());
-                if std::mem::discriminant(&phase) != kind || sleep.is_elapsed() {
-                    kind = std::mem::discriminant(&phase);
-                    match verdict(phase, Instant::now(), limits) {
-                        Ok(next) => sleep.as_mut().reset(next.into()),
+                let elapsed = armed && sleep.as_ref().as_pin_ref().is_some_and(|s| s.is_elapsed());
+                if kind != Some(std::mem::discriminant(&phase)) || elapsed {
+                    kind = Some(std::mem::discriminant(&phase));
+                    match verdict(phase, Instant::now, limits) {
+                        Ok(Some(next)) => {
+                            armed = true;
+                            match sleep.as_mut().as_pin_mut() {
+                                Some(s) => s.reset(next.into()),
+                                None => sleep.set(Some(tokio::time::sleep_until(next.into()))),
+                            }
+                        }
+                        Ok(None) => armed = false,
                         Err(r) => return std::task::Poll::Ready(r),
                     }
                 }
-                if sleep.as_mut().poll(cx).is_pending() {
+                let waiting = match sleep.as_mut().as_pin_mut() {
+                    Some(s) if armed => s.poll(cx).is_pending(),
+                    _ => true,
+                };
+                if waiting {
                     return std::task::Poll::Pending;
                 }
             });
@@ -234,6 +252,10 @@ where
     S: tokio::io::AsyncRead + Unpin + ?Sized,
 {
     use tokio::io::AsyncReadExt;
+    // Usually the whole head came with the first read: no timer then.
+    if head_end(buf).is_some() || buf.len() >= MAX_HEAD {
+        return Head::Read;
+    }
     let read = async {
         loop {
             if head_end(buf).is_some() || buf.len() >= MAX_HEAD {
@@ -396,8 +418,8 @@ mod tests {
         let l = Limits::default();
         let t = Instant::now();
         let d = t + Duration::from_secs(10);
-        assert_eq!(verdict(Phase::Head(d), t, &l), Ok(d));
-        assert_eq!(verdict(Phase::Head(d), d, &l), Err(HEAD_TIMEOUT));
+        assert_eq!(verdict(Phase::Head(d), || t, &l), Ok(Some(d)));
+        assert_eq!(verdict(Phase::Head(d), || d, &l), Err(HEAD_TIMEOUT));
     }
 
     #[test]
@@ -409,10 +431,10 @@ mod tests {
         };
         let start = Instant::now();
         let at = |s: u64| start + Duration::from_secs(s);
-        assert!(verdict(Phase::Body { start, bytes: 0 }, at(1), &l).is_ok());
-        assert!(verdict(Phase::Body { start, bytes: 300 }, at(5), &l).is_ok());
+        assert!(verdict(Phase::Body { start, bytes: 0 }, || at(1), &l).is_ok());
+        assert!(verdict(Phase::Body { start, bytes: 300 }, || at(5), &l).is_ok());
         assert_eq!(
-            verdict(Phase::Body { start, bytes: 299 }, at(6), &l),
+            verdict(Phase::Body { start, bytes: 299 }, || at(6), &l),
             Err(BODY_TOO_SLOW)
         );
     }
@@ -423,8 +445,20 @@ mod tests {
         let last = Instant::now();
         let idle = Duration::from_secs(3);
         let p = Phase::Upgraded { idle, last };
-        assert_eq!(verdict(p, last, &l), Ok(last + idle));
-        assert_eq!(verdict(p, last + idle, &l), Err(UPGRADED_IDLE));
+        assert_eq!(verdict(p, || last, &l), Ok(Some(last + idle)));
+        assert_eq!(verdict(p, || last + idle, &l), Err(UPGRADED_IDLE));
+        // Nothing to watch: no timer, and the clock is not read.
+        let never = || -> Instant { panic!("the clock was read") };
+        assert_eq!(verdict(Phase::Free, never, &l), Ok(None));
+        let no_rate = Limits {
+            body_min_rate: 0,
+            ..Limits::default()
+        };
+        let body = Phase::Body {
+            start: last,
+            bytes: 0,
+        };
+        assert_eq!(verdict(body, never, &no_rate), Ok(None));
     }
 
     #[test]
