@@ -27,7 +27,7 @@ use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    client_ip, edge, failure_answer, failure_body, h1, limits, pool, sanitize, Ctx, Proxy,
+    client_ip, edge, failure_answer, failure_body, h1, limits, plain, pool, sanitize, Ctx, Proxy,
 };
 
 /// Largest request body the fast path reads whole before sending (pingora's retry buffer:
@@ -308,7 +308,11 @@ impl Engine {
             // Boxed: connecting is the rare case, and its future is large (kilobytes) for
             // every request's state to carry.
             None => match Box::pin(self.connector.new_stream(&*peer)).await {
-                Ok(s) => (s, false),
+                // Pooled for many requests: without pingora's socket layers when plain.
+                Ok(s) => (
+                    plain::unwrap(s).map_or_else(|s| s, |p| Box::new(p) as Stream),
+                    false,
+                ),
                 Err(e) => {
                     let e = ctx.connect_failed(e.into_up());
                     return Err(if e.retry() {

@@ -13,6 +13,7 @@ pub mod h1;
 pub mod hold;
 pub mod limits;
 pub mod log;
+pub mod plain;
 pub mod pool;
 pub mod sanitize;
 pub mod shadow;

@@ -174,11 +174,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             let served = async { Some(engine.serve(stream, prefix, shutdown).await) };
             match edge::guard(served, &self.limits, head_deadline).await? {
                 Served::Again(stream) => {
+                    // A connection that stays for more requests sheds pingora's socket layers.
                     return Some(Carry {
-                        stream,
+                        stream: wbuf::take_over(stream)?,
                         read: None,
                         settings: None,
-                    })
+                    });
                 }
                 Served::Closed => return None,
                 Served::Stock(s, bytes) => {

@@ -19,9 +19,11 @@ use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
+    TimingDigest, UniqueID, UniqueIDType, ALPN, IO,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::proxy::plain;
 
 /// Size of the buffer while it exists (pingora's own default: one TCP segment). A write at
 /// least this large goes straight to the connection.
@@ -30,16 +32,17 @@ pub const WRITE_BUFFER: usize = 1460;
 /// A connection whose writes are buffered only between the first write of a response and the
 /// flush that ends it; reads and everything else go to the connection itself.
 #[derive(Debug)]
-pub struct Buffered {
-    inner: Stream,
+pub struct Buffered<S: ?Sized = dyn IO> {
+    inner: Box<S>,
     /// Bytes written and not sent yet; no allocation while empty after a flush.
     buf: Vec<u8>,
     /// How much of `buf` is already sent (a flush may take several writes).
     sent: usize,
 }
 
-impl Buffered {
-    pub fn new(inner: Stream) -> Buffered {
+impl<S: IO + ?Sized> Buffered<S> {
+    /// `inner` with writes buffered between a response's first write and its flush.
+    pub fn new(inner: Box<S>) -> Buffered<S> {
         Buffered {
             inner,
             buf: Vec::new(),
@@ -69,7 +72,28 @@ impl Buffered {
     }
 }
 
-impl AsyncRead for Buffered {
+/// A client connection whose plain TCP socket is taken over from pingora's stream
+/// ([`plain::unwrap`]: no pingora socket layers, one `dyn` call less per read and write) once
+/// a request is done and nothing is buffered; any other connection (TLS, already taken over)
+/// as it is. `None`: the connection was lost on the way, which the type checks rule out.
+pub fn take_over(stream: Stream) -> Option<Stream> {
+    let ready = stream.as_any().downcast_ref::<Buffered>().is_some_and(|b| {
+        b.buf.is_empty()
+            && b.inner
+                .as_any()
+                .is::<pingora::protocols::l4::stream::Stream>()
+    });
+    if !ready {
+        return Some(stream);
+    }
+    let b = stream.into_any().downcast::<Buffered>().ok()?;
+    Some(match plain::unwrap(b.inner) {
+        Ok(p) => Box::new(Buffered::new(Box::new(p))),
+        Err(inner) => Box::new(Buffered::new(inner)),
+    })
+}
+
+impl<S: IO + ?Sized> AsyncRead for Buffered<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -79,7 +103,7 @@ impl AsyncRead for Buffered {
     }
 }
 
-impl AsyncWrite for Buffered {
+impl<S: IO + ?Sized> AsyncWrite for Buffered<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -113,7 +137,7 @@ impl AsyncWrite for Buffered {
 }
 
 #[async_trait]
-impl Shutdown for Buffered {
+impl<S: IO + ?Sized> Shutdown for Buffered<S> {
     async fn shutdown(&mut self) {
         // What is buffered goes out first, as pingora's own buffered stream does.
         let _ = self.flush().await;
@@ -121,13 +145,13 @@ impl Shutdown for Buffered {
     }
 }
 
-impl UniqueID for Buffered {
+impl<S: IO + ?Sized> UniqueID for Buffered<S> {
     fn id(&self) -> UniqueIDType {
         self.inner.id()
     }
 }
 
-impl Ssl for Buffered {
+impl<S: IO + ?Sized> Ssl for Buffered<S> {
     fn get_ssl(&self) -> Option<&TlsRef> {
         self.inner.get_ssl()
     }
@@ -139,7 +163,7 @@ impl Ssl for Buffered {
     }
 }
 
-impl GetTimingDigest for Buffered {
+impl<S: IO + ?Sized> GetTimingDigest for Buffered<S> {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.inner.get_timing_digest()
     }
@@ -151,7 +175,7 @@ impl GetTimingDigest for Buffered {
     }
 }
 
-impl GetProxyDigest for Buffered {
+impl<S: IO + ?Sized> GetProxyDigest for Buffered<S> {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
         self.inner.get_proxy_digest()
     }
@@ -160,7 +184,7 @@ impl GetProxyDigest for Buffered {
     }
 }
 
-impl GetSocketDigest for Buffered {
+impl<S: IO + ?Sized> GetSocketDigest for Buffered<S> {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         self.inner.get_socket_digest()
     }
@@ -170,7 +194,7 @@ impl GetSocketDigest for Buffered {
 }
 
 #[async_trait]
-impl Peek for Buffered {
+impl<S: IO + ?Sized> Peek for Buffered<S> {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
     }
