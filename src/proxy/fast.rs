@@ -27,7 +27,8 @@ use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    client_ip, edge, failure_answer, failure_body, h1, limits, plain, pool, sanitize, Ctx, Proxy,
+    client_ip, edge, failure_answer, failure_body, h1, limits, plain, pool, sanitize, timer::Timer,
+    Ctx, Proxy,
 };
 
 /// Largest request body the fast path reads whole before sending (pingora's retry buffer:
@@ -141,12 +142,13 @@ impl Engine {
         stream: Stream,
         prefix: BytesMut,
         shutdown: &ShutdownWatch,
+        timer: &mut Timer,
     ) -> Served {
         // The request's state lives in its own box, built small (the HTTP/1 sessions are boxed
         // too, connecting is boxed): the caller's future, which the connection loop boxes and
         // its guard moves on every request, then holds only this pointer. Inline, the state
         // was kilobytes, copied several times per request.
-        Box::pin(self.serve_boxed(stream, prefix, shutdown)).await
+        Box::pin(self.serve_boxed(stream, prefix, shutdown, timer)).await
     }
 
     /// [`Engine::serve`], in its box.
@@ -155,6 +157,7 @@ impl Engine {
         mut stream: Stream,
         prefix: BytesMut,
         shutdown: &ShutdownWatch,
+        timer: &mut Timer,
     ) -> Served {
         let mut buf = if prefix.is_empty() {
             BytesMut::with_capacity(HEAD_BUFFER)
@@ -197,11 +200,11 @@ impl Engine {
         if *shutdown.borrow() {
             client.set_server_keepalive(None);
         }
-        self.request(client).await
+        self.request(client, timer).await
     }
 
     /// One request on `client`, its head read: admitted, proxied, answered and logged.
-    async fn request(&self, mut client: Box<ClientSession>) -> Served {
+    async fn request(&self, mut client: Box<ClientSession>, timer: &mut Timer) -> Served {
         let mut ctx = Ctx::new();
         let ip = client_ip(client.client_addr());
         match self.proxy.admit(client.req_header(), ip, &mut ctx).await {
@@ -244,7 +247,7 @@ impl Engine {
         let mut down = h1::Downstream::new(stream, keepalive);
         let (status, err) = loop {
             match self
-                .attempt(&mut down, &req, &mut ctx, (ip, tls), &body)
+                .attempt(&mut down, &req, &mut ctx, (ip, tls), &body, timer)
                 .await
             {
                 Ok(()) => break (down.status(), None),
@@ -300,6 +303,7 @@ impl Engine {
         ctx: &mut Ctx,
         (ip, tls): (Option<std::net::IpAddr>, bool),
         body: &Bytes,
+        timer: &mut Timer,
     ) -> std::result::Result<(), Attempt> {
         let peer = ctx.choose_peer().await.map_err(Attempt::Failed)?;
         let key = peer.reuse_hash();
@@ -327,6 +331,7 @@ impl Engine {
             stream,
             peer.options.read_timeout,
             peer.options.write_timeout,
+            timer,
         );
         let method = &client.method;
 
@@ -674,7 +679,8 @@ mod tests {
             .unwrap();
         let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(c));
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
-        let outer = engine.serve(stream, BytesMut::new(), &shutdown);
+        let mut timer = Timer::new();
+        let outer = engine.serve(stream, BytesMut::new(), &shutdown, &mut timer);
         assert!(
             std::mem::size_of_val(&outer) <= 256,
             "{}",
@@ -685,7 +691,7 @@ mod tests {
             .await
             .unwrap();
         let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(c));
-        let inner = engine.serve_boxed(stream, BytesMut::new(), &shutdown);
+        let inner = engine.serve_boxed(stream, BytesMut::new(), &shutdown, &mut timer);
         assert!(
             std::mem::size_of_val(&inner) < 4096,
             "{}",

@@ -39,6 +39,8 @@ use pingora::protocols::Stream;
 use pingora::{Error, ErrorType, Result, RetryType};
 use tokio::io::{AsyncWriteExt, ReadBuf};
 
+use super::timer::{TimedOut, Timer};
+
 /// A response head larger than this is refused (pingora's `MAX_HEADER_SIZE`).
 pub const MAX_HEAD: usize = 1024 * 1024;
 /// Most header lines in a response head (pingora's `MAX_HEADERS`).
@@ -254,8 +256,10 @@ impl Response {
 }
 
 /// An upstream connection carrying one request and its response.
-pub struct Upstream {
+pub struct Upstream<'t> {
     stream: Stream,
+    /// The client connection's timer, for the read and write timeouts.
+    timer: &'t mut Timer,
     /// Bytes read and not used yet: the response head, then body bytes.
     buf: BytesMut,
     read_timeout: Option<Duration>,
@@ -300,16 +304,18 @@ pub enum Piece {
     Done,
 }
 
-impl Upstream {
+impl<'t> Upstream<'t> {
     /// A request/response exchange on `stream` with pingora's per-read and per-write
     /// timeouts of the peer.
     pub fn new(
         stream: Stream,
         read_timeout: Option<Duration>,
         write_timeout: Option<Duration>,
-    ) -> Upstream {
+        timer: &'t mut Timer,
+    ) -> Upstream<'t> {
         Upstream {
             stream,
+            timer,
             buf: BytesMut::new(),
             read_timeout,
             write_timeout,
@@ -362,14 +368,15 @@ impl Upstream {
         } else {
             out.put_slice(body);
         }
+        let stream = &mut self.stream;
         let write = async {
-            self.stream.write_all(&out).await?;
-            self.stream.flush().await
+            stream.write_all(&out).await?;
+            stream.flush().await
         };
         let r = match self.write_timeout {
-            Some(t) => match tokio::time::timeout(t, write).await {
+            Some(t) => match self.timer.within(t, write).await {
                 Ok(r) => r,
-                Err(_) => {
+                Err(TimedOut) => {
                     return Error::e_explain(
                         ErrorType::WriteTimedout,
                         "while writing request (timeout)",
@@ -610,12 +617,13 @@ impl Upstream {
             return r.map_err(ReadFail::Io);
         }
         let read = poll_fn(|cx| poll_read_buf(stream, cx, buf));
-        // tokio's timer, in the future itself: pingora's `timeout` boxes its timer and
-        // registers it with a shared timer manager (about 650 instructions and an allocation).
+        // The connection's timer, moved lazily: pingora's `timeout` boxes a timer and
+        // registers it with a shared timer manager for every read (about 650 instructions and
+        // an allocation), tokio's own costs a registration per read.
         match self.read_timeout {
-            Some(t) => match tokio::time::timeout(t, read).await {
+            Some(t) => match self.timer.within(t, read).await {
                 Ok(r) => r.map_err(ReadFail::Io),
-                Err(_) => Err(ReadFail::Timeout),
+                Err(TimedOut) => Err(ReadFail::Timeout),
             },
             None => read.await.map_err(ReadFail::Io),
         }
@@ -1109,14 +1117,15 @@ mod tests {
     /// The response as switchyard reads it: head, body, and whether the connection could
     /// be pooled (an error as its text).
     async fn ours(bytes: &[u8]) -> std::result::Result<(Response, Vec<u8>, bool), String> {
-        let mut up = Upstream::new(fed(bytes).await, None, None);
+        let mut timer = Timer::new();
+        let mut up = Upstream::new(fed(bytes).await, None, None, &mut timer);
         let resp = up.read_head(false).await.map_err(|e| e.to_string())?;
         let body = body_of(&mut up).await?;
         Ok((resp, body, up.into_reusable().is_some()))
     }
 
     /// The rest of the response body, read as the fast path reads it.
-    async fn body_of(up: &mut Upstream) -> std::result::Result<Vec<u8>, String> {
+    async fn body_of(up: &mut Upstream<'_>) -> std::result::Result<Vec<u8>, String> {
         let mut body = Vec::new();
         loop {
             match up.piece().map_err(|e| e.to_string())? {
@@ -1376,7 +1385,8 @@ mod tests {
             far.shutdown().await.unwrap();
         });
         let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(near));
-        let mut up = Upstream::new(stream, None, None);
+        let mut timer = Timer::new();
+        let mut up = Upstream::new(stream, None, None, &mut timer);
         let r = async {
             up.read_head(false).await.map_err(|e| e.to_string())?;
             body_of(&mut up).await
@@ -1400,7 +1410,8 @@ mod tests {
     #[tokio::test]
     async fn head_answers_have_no_body() {
         let bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
-        let mut up = Upstream::new(fed(bytes).await, None, None);
+        let mut timer = Timer::new();
+        let mut up = Upstream::new(fed(bytes).await, None, None, &mut timer);
         let resp = up.read_head(true).await.unwrap();
         assert!(matches!(up.piece().unwrap(), Piece::Done));
         assert!(!resp.goes_chunked(true));
@@ -1416,7 +1427,8 @@ mod tests {
     #[tokio::test]
     async fn informational_skipped_and_overread_not_pooled() {
         let bytes = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxEXTRA";
-        let mut up = Upstream::new(fed(bytes).await, None, None);
+        let mut timer = Timer::new();
+        let mut up = Upstream::new(fed(bytes).await, None, None, &mut timer);
         let resp = up.read_head(false).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert!(matches!(up.piece().unwrap(), Piece::Data(1)));

@@ -18,6 +18,7 @@ pub mod pool;
 pub mod sanitize;
 pub mod shadow;
 pub mod shadow_client;
+pub mod timer;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};

@@ -43,6 +43,7 @@ use tokio::io::AsyncRead;
 use crate::proxy::edge::{self, Slots};
 use crate::proxy::fast::{self, Served};
 use crate::proxy::limits::Limits;
+use crate::proxy::timer::Timer;
 
 use super::wbuf;
 
@@ -105,6 +106,8 @@ struct Carry {
     stream: Stream,
     read: Option<BytesMut>,
     settings: Option<HttpPersistentSettings>,
+    /// The connection's timer, for all its waits.
+    timer: Timer,
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
@@ -118,12 +121,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         let mut settings: Option<HttpPersistentSettings> = None;
         // Bytes of the next request already read (by the fast path, or past a request's end).
         let mut read: Option<BytesMut> = None;
+        let mut timer = Timer::new();
         loop {
             // A pipelined request already read with the previous one is not waited for.
             let pipelined =
                 read.is_some() || settings.as_ref().is_some_and(edge::has_pipelined_prefix);
             if !pipelined {
-                match next_request(&mut stream, self.idle, shutdown).await {
+                match next_request(&mut stream, self.idle, shutdown, &mut timer).await {
                     Next::Read(b) => read = Some(b),
                     Next::Stop => return,
                 }
@@ -146,9 +150,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                 stream,
                 read: read.take(),
                 settings: settings.take(),
+                timer,
             };
             match Box::pin(self.request(carry, head_deadline, shutdown)).await {
-                Some(next) => (stream, read, settings) = (next.stream, next.read, next.settings),
+                Some(next) => {
+                    (stream, read, settings, timer) =
+                        (next.stream, next.read, next.settings, next.timer)
+                }
                 None => return,
             }
         }
@@ -168,10 +176,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             mut stream,
             mut read,
             settings,
+            mut timer,
         } = carry;
         if let (Some(engine), None) = (&self.fast, &settings) {
             let prefix = read.take().unwrap_or_default();
-            let served = async { Some(engine.serve(stream, prefix, shutdown).await) };
+            let served = async { Some(engine.serve(stream, prefix, shutdown, &mut timer).await) };
             match edge::guard(served, &self.limits, head_deadline).await? {
                 Served::Again(stream) => {
                     // A connection that stays for more requests sheds pingora's socket layers.
@@ -179,6 +188,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                         stream: wbuf::take_over(stream)?,
                         read: None,
                         settings: None,
+                        timer,
                     });
                 }
                 Served::Closed => return None,
@@ -219,6 +229,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             stream,
             read: None,
             settings,
+            timer,
         })
     }
 }
@@ -238,7 +249,12 @@ pub const DRAIN: Duration = Duration::from_millis(200);
 /// scratch buffer ([`SCRATCH`]) and only bytes that arrived are copied into a head buffer of
 /// their own (at least [`READ_BUFFER`]). So an idle connection holds no read buffer at all,
 /// plain or TLS, and the first read of a request is its only read when the head fits.
-async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> Next {
+async fn next_request(
+    stream: &mut Stream,
+    idle: Duration,
+    shutdown: &ShutdownWatch,
+    timer: &mut Timer,
+) -> Next {
     // A busy client's next request is often there already: one read first, without the
     // timers below (about 2,500 instructions a request).
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(read_arrived(stream, cx))).await;
@@ -249,9 +265,9 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
     let stopping = *shutdown.borrow();
     let wait = if stopping { DRAIN.min(idle) } else { idle };
     let arrived = std::future::poll_fn(|cx| read_arrived(stream, cx));
-    // tokio's timer (kept in this future, no allocation), not pingora's `fast_timeout`, which
-    // boxes a timer and registers it with a shared manager on every wait.
-    let peek = tokio::time::timeout(wait, arrived);
+    // The connection's timer, moved lazily (not pingora's `fast_timeout`, which boxes a timer
+    // and registers it with a shared manager on every wait).
+    let peek = timer.within(wait, arrived);
     let mut peek = std::pin::pin!(peek);
     let settle = |r: Result<std::io::Result<Next>, _>| match r {
         Ok(Ok(n)) => n,
@@ -392,6 +408,7 @@ mod tests {
             stream: Box::new(a),
             read: None,
             settings: None,
+            timer: Timer::new(),
         };
         let req = async move { c.request(carry, Instant::now(), &rx).await };
         // Moved into its box once per request: a large one costs every request a large copy
