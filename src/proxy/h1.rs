@@ -630,6 +630,22 @@ impl<'t> Upstream<'t> {
     }
 }
 
+/// Writes `data`, gathered here already, as vectored writes: the client connection's write
+/// buffer ([`crate::serve::wbuf`]) sends those through instead of copying them into a buffer of
+/// its own first.
+async fn write_gathered(stream: &mut Stream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let n = stream
+            .write_vectored(&[std::io::IoSlice::new(data)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
+
 /// Why a read failed.
 enum ReadFail {
     Timeout,
@@ -1001,7 +1017,7 @@ impl Downstream {
     /// Writes what is gathered and flushes it (before waiting for the upstream).
     pub async fn send(&mut self) -> Result<()> {
         if !self.out.is_empty() {
-            let r = self.stream.write_all(&self.out).await;
+            let r = write_gathered(&mut self.stream, &self.out).await;
             self.out.clear();
             r.or_err_msg(ErrorType::WriteError, "writing response")?;
         }
