@@ -132,6 +132,14 @@ impl Nominations {
         Ok(Nominations { names, len })
     }
 
+    /// No nominations (the request has no `Connection` header).
+    fn none() -> Self {
+        Nominations {
+            names: std::array::from_fn(|_| None),
+            len: 0,
+        }
+    }
+
     fn contains(&self, name: &HeaderName) -> bool {
         self.names[..self.len]
             .iter()
@@ -336,7 +344,29 @@ pub fn upstream_head(
     client_has_body: bool,
     out: &mut bytes::BytesMut,
 ) -> Result<Option<bool>> {
-    let nominated = Nominations::parse(src)?;
+    // What the head needs to know of the client's headers, in one pass over them instead of
+    // a hashed lookup each (about 500 instructions a request).
+    let (mut client_host, mut hosts, mut prev_xff) = (None, 0, None);
+    let (mut connection, mut upgrade) = (false, None);
+    for (name, value) in src.headers.iter() {
+        if *name == header::HOST {
+            client_host = client_host.or(Some(value));
+            hosts += 1;
+        } else if *name == header::CONNECTION {
+            connection = true;
+        } else if *name == header::UPGRADE {
+            upgrade = upgrade.or(Some(value));
+        } else if *name == X_FORWARDED_FOR {
+            prev_xff = prev_xff.or(Some(value));
+        }
+    }
+    let nominated = if connection {
+        Nominations::parse(src)?
+    } else {
+        Nominations::none()
+    };
+    let websocket = src.version == Version::HTTP_11
+        && upgrade.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let target = src.raw_path();
     let plain_target = target.first() == Some(&b'/')
         && !target
@@ -345,7 +375,7 @@ pub fn upstream_head(
         && src.uri.authority().is_none()
         && std::str::from_utf8(target).is_ok_and(|t| src.uri == *t);
     if !plain_target
-        || is_websocket_upgrade(src)
+        || websocket
         || super::decide::rewrite_path(
             src.uri.path_and_query().map_or("/", |p| p.as_str()),
             up.strip_prefix.as_deref(),
@@ -362,10 +392,8 @@ pub fn upstream_head(
         },
         _ => None,
     };
-    let mut hosts = src.headers.get_all(header::HOST).iter();
-    let client_host = hosts.next();
     let host_going = fixed_host.as_ref().or(client_host);
-    if (fixed_host.is_none() && hosts.next().is_some())
+    if (fixed_host.is_none() && hosts > 1)
         || host_going.is_some_and(|h| h.as_bytes().contains(&b'@'))
     {
         return Ok(None);
@@ -376,7 +404,6 @@ pub fn upstream_head(
             || *name == SECRET
             || Some(name) == override_header
     };
-    let prev_xff = src.headers.get(&X_FORWARDED_FOR);
 
     out.put_slice(src.method.as_str().as_bytes());
     out.put_u8(b' ');
