@@ -345,7 +345,8 @@ impl Engine {
         };
         let (upstream, override_header) =
             (&table.upstreams[u], table.proxy.override_header.as_ref());
-        let mut head = BytesMut::with_capacity(512);
+        // Allocated only when the head is written here.
+        let mut head = BytesMut::new();
         let direct = match ctx.shadow {
             None => sanitize::upstream_head(
                 client,

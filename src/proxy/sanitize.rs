@@ -348,7 +348,9 @@ pub fn upstream_head(
     // a hashed lookup each (about 500 instructions a request).
     let (mut client_host, mut hosts, mut prev_xff) = (None, 0, None);
     let (mut connection, mut upgrade) = (false, None);
+    let mut size = 0;
     for (name, value) in src.headers.iter() {
+        size += name.as_str().len() + value.len() + 4;
         if *name == header::HOST {
             client_host = client_host.or(Some(value));
             hosts += 1;
@@ -405,6 +407,8 @@ pub fn upstream_head(
             || Some(name) == override_header
     };
 
+    // Sized once: the client's lines, the request line and switchyard's own headers.
+    out.reserve(size + target.len() + 256);
     out.put_slice(src.method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(target);
