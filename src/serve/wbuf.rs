@@ -125,6 +125,9 @@ impl<S: IO + ?Sized> AsyncWrite for Buffered<S> {
 
     /// A vectored write is already gathered by its caller (the fast path writes a response's
     /// head and small body as one): it goes through, after anything buffered, uncopied.
+    /// `is_write_vectored` stays false, so generic writers (tokio's `write_all_buf`, which
+    /// pingora's body writer uses) keep writing through the buffer: the stock path's head and
+    /// small body still leave in one write.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -133,10 +136,6 @@ impl<S: IO + ?Sized> AsyncWrite for Buffered<S> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
         Pin::new(&mut *this.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -263,5 +262,10 @@ mod tests {
             have += b.read(&mut got[have..]).await.unwrap();
         }
         assert_eq!(&got[..3], b"abc", "sent without a flush, in order");
+        // Generic writers still buffer: `write_all_buf` (pingora's body writer) goes through
+        // `poll_write` while the stream does not claim vectored writes.
+        let mut piece = bytes::Bytes::from_static(b"d");
+        c.write_all_buf(&mut piece).await.unwrap();
+        assert!(c.buf.capacity() >= WRITE_BUFFER, "buffered until the flush");
     }
 }
