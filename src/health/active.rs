@@ -59,7 +59,7 @@ impl Target {
             tls: up.tls,
             sni: up.sni.clone(),
             host: match &up.host {
-                HostHeader::Fixed(h) => Some(h.clone()),
+                HostHeader::Fixed(h) => h.to_str().ok().map(str::to_string),
                 HostHeader::Client => None,
             },
             ca: up.ca.clone(),

@@ -216,11 +216,8 @@ pub fn upstream_request(
     };
     let mut headers = HeaderMap::with_capacity((src.headers.len() + 4).min(MAX_HEADER_COUNT));
     let fixed_host = match &up.host {
-        HostHeader::Fixed(h) => Some(
-            HeaderValue::from_str(h)
-                .or_err(ErrorType::InvalidHTTPHeader, "upstream host header")?,
-        ),
-        _ => None,
+        HostHeader::Fixed(h) => Some(h),
+        HostHeader::Client => None,
     };
     let client_host = src.headers.get(header::HOST).cloned().or_else(|| {
         let a = src.uri.authority()?;
@@ -230,91 +227,45 @@ pub fn upstream_request(
         Some(ip) => Some(super::forwarded_for(src.headers.get(&X_FORWARDED_FOR), ip)?),
         None => None,
     };
-    let (mut host_done, mut xff_done, mut xfp_done, mut xfh_done) = (false, false, false, false);
-    let mut last: Option<&HeaderName> = None;
-    for (name, value) in src.headers.iter() {
-        let repeat = last == Some(name);
-        last = Some(name);
-        if hop_by_hop(name)
-            || nominated.contains(name)
-            || *name == SECRET
-            || Some(name) == override_header
-        {
-            continue;
+    // HTTP/2 has no Host header: the `:authority` stands for it (RFC 9113 §8.3.1).
+    let authority_host = match src.uri.authority() {
+        Some(a) if fixed_host.is_none() && !src.headers.contains_key(header::HOST) => Some(
+            HeaderValue::from_str(a.as_str())
+                .or_err(ErrorType::InvalidHTTPHeader, "request authority")?,
+        ),
+        _ => None,
+    };
+    let edits = Edits {
+        nominated,
+        override_header,
+        fixed_host,
+        client_host: client_host.as_ref(),
+        authority_host: authority_host.as_ref(),
+        forward_for: xff.is_some(),
+        websocket,
+    };
+    forward_lines(src, &edits, |line| match line {
+        Line::Client(name, value) => append(&mut headers, name.clone(), value.clone()),
+        Line::Host(v) => append(&mut headers, header::HOST, v.clone()),
+        Line::ForwardedFor => match &xff {
+            Some(v) => append(&mut headers, X_FORWARDED_FOR.clone(), v.clone()),
+            None => Ok(()),
+        },
+        Line::ForwardedProto => append(&mut headers, X_FORWARDED_PROTO.clone(), proto.clone()),
+        Line::ForwardedHost(v) => append(&mut headers, X_FORWARDED_HOST.clone(), v.clone()),
+        Line::WebSocket => {
+            append(
+                &mut headers,
+                header::CONNECTION,
+                HeaderValue::from_static("Upgrade"),
+            )?;
+            append(
+                &mut headers,
+                header::UPGRADE,
+                HeaderValue::from_static("websocket"),
+            )
         }
-        // A header switchyard sets replaces every value the client sent, in the place of the
-        // first one (what `insert_header` on the parsed request did).
-        if *name == header::HOST && fixed_host.is_some() {
-            if !repeat {
-                if let Some(h) = fixed_host.clone() {
-                    append(&mut headers, header::HOST, h)?;
-                }
-                host_done = true;
-            }
-            continue;
-        }
-        if *name == X_FORWARDED_FOR && xff.is_some() {
-            if !repeat {
-                if let Some(v) = xff.clone() {
-                    append(&mut headers, X_FORWARDED_FOR.clone(), v)?;
-                }
-                xff_done = true;
-            }
-            continue;
-        }
-        if *name == X_FORWARDED_PROTO {
-            if !repeat {
-                append(&mut headers, X_FORWARDED_PROTO.clone(), proto.clone())?;
-                xfp_done = true;
-            }
-            continue;
-        }
-        if *name == X_FORWARDED_HOST && client_host.is_some() {
-            if !repeat {
-                if let Some(h) = client_host.clone() {
-                    append(&mut headers, X_FORWARDED_HOST.clone(), h)?;
-                }
-                xfh_done = true;
-            }
-            continue;
-        }
-        append(&mut headers, name.clone(), value.clone())?;
-    }
-    if websocket {
-        append(
-            &mut headers,
-            header::CONNECTION,
-            HeaderValue::from_static("Upgrade"),
-        )?;
-        append(
-            &mut headers,
-            header::UPGRADE,
-            HeaderValue::from_static("websocket"),
-        )?;
-    }
-    match (host_done, fixed_host) {
-        (false, Some(h)) => {
-            append(&mut headers, header::HOST, h)?;
-        }
-        // HTTP/2 has no Host header: the `:authority` stands for it (RFC 9113 §8.3.1).
-        (false, None) if !src.headers.contains_key(header::HOST) => {
-            if let Some(a) = src.uri.authority() {
-                let h = HeaderValue::from_str(a.as_str())
-                    .or_err(ErrorType::InvalidHTTPHeader, "request authority")?;
-                append(&mut headers, header::HOST, h)?;
-            }
-        }
-        _ => {}
-    }
-    if let (false, Some(v)) = (xff_done, xff) {
-        append(&mut headers, X_FORWARDED_FOR.clone(), v)?;
-    }
-    if !xfp_done {
-        append(&mut headers, X_FORWARDED_PROTO.clone(), proto.clone())?;
-    }
-    if let (false, Some(h)) = (xfh_done, client_host) {
-        append(&mut headers, X_FORWARDED_HOST.clone(), h)?;
-    }
+    })?;
     let mut parts = shell;
     parts.version = Version::HTTP_11;
     parts.headers = headers;
@@ -328,11 +279,103 @@ pub fn upstream_request(
     Ok(req)
 }
 
+/// What switchyard changes in the client's headers on the way upstream (see
+/// [`upstream_request`]); [`forward_lines`] applies it.
+struct Edits<'a> {
+    nominated: Nominations,
+    override_header: Option<&'a HeaderName>,
+    /// The upstream's own `Host`, replacing the client's.
+    fixed_host: Option<&'a HeaderValue>,
+    /// The client's `Host` (or `:authority`): `X-Forwarded-Host`.
+    client_host: Option<&'a HeaderValue>,
+    /// `Host` from the `:authority` of a request without a `Host` header (HTTP/2).
+    authority_host: Option<&'a HeaderValue>,
+    /// `X-Forwarded-For` gets the client's address.
+    forward_for: bool,
+    /// A WebSocket upgrade: `Connection: Upgrade` and `Upgrade: websocket` go along.
+    websocket: bool,
+}
+
+/// A header line of the upstream request, as [`forward_lines`] gives them.
+enum Line<'a> {
+    /// A client's line, forwarded as it came.
+    Client(&'a HeaderName, &'a HeaderValue),
+    /// `Host` with this value.
+    Host(&'a HeaderValue),
+    /// `X-Forwarded-For`: what the client sent, then its address.
+    ForwardedFor,
+    /// `X-Forwarded-Proto`.
+    ForwardedProto,
+    /// `X-Forwarded-Host` with this value.
+    ForwardedHost(&'a HeaderValue),
+    /// The two lines of a WebSocket upgrade.
+    WebSocket,
+}
+
+/// Gives `emit` the upstream request's header lines in order, for both ways of building it
+/// (a header map, [`upstream_request`]; the wire, [`upstream_head`]): hop-by-hop and
+/// nominated lines, the secret and the override header dropped; a header switchyard sets
+/// replaces every value the client sent, in the place of the first one (what `insert_header`
+/// on the parsed request did), or comes after the client's lines when the client sent none.
+fn forward_lines<'a>(
+    src: &'a RequestHeader,
+    e: &Edits<'a>,
+    mut emit: impl FnMut(Line<'a>) -> Result<()>,
+) -> Result<()> {
+    let (mut host_done, mut xff_done, mut xfp_done, mut xfh_done) = (false, false, false, false);
+    let mut last: Option<&HeaderName> = None;
+    for (name, value) in src.headers.iter() {
+        let first = last != Some(name);
+        last = Some(name);
+        if hop_by_hop(name)
+            || e.nominated.contains(name)
+            || *name == SECRET
+            || Some(name) == e.override_header
+        {
+            continue;
+        }
+        let (set, done) = if *name == header::HOST && e.fixed_host.is_some() {
+            (e.fixed_host.map(Line::Host), &mut host_done)
+        } else if *name == X_FORWARDED_FOR && e.forward_for {
+            (Some(Line::ForwardedFor), &mut xff_done)
+        } else if *name == X_FORWARDED_PROTO {
+            (Some(Line::ForwardedProto), &mut xfp_done)
+        } else if *name == X_FORWARDED_HOST && e.client_host.is_some() {
+            (e.client_host.map(Line::ForwardedHost), &mut xfh_done)
+        } else {
+            emit(Line::Client(name, value))?;
+            continue;
+        };
+        if let (true, Some(line)) = (first, set) {
+            emit(line)?;
+            *done = true;
+        }
+    }
+    if e.websocket {
+        emit(Line::WebSocket)?;
+    }
+    if !host_done {
+        if let Some(h) = e.fixed_host.or(e.authority_host) {
+            emit(Line::Host(h))?;
+        }
+    }
+    if !xff_done && e.forward_for {
+        emit(Line::ForwardedFor)?;
+    }
+    if !xfp_done {
+        emit(Line::ForwardedProto)?;
+    }
+    if let (false, Some(h)) = (xfh_done, e.client_host) {
+        emit(Line::ForwardedHost(h))?;
+    }
+    Ok(())
+}
+
 /// The upstream request head of the common request written straight into `out`: the bytes
 /// [`upstream_request`], [`finish_upstream_request`] and pingora's `http_req_header_to_wire`
 /// produce together, without a header map built in between (measured: 33,978 → 30,191
-/// instructions a request on the fast path). The common request: origin-form target not rewritten, no
-/// WebSocket upgrade, at most one `Host` value going upstream and none with userinfo. For any
+/// instructions a request on the fast path). The common request: origin-form target not
+/// rewritten, at most one `Host` value going upstream and none with userinfo. For any
 /// other request nothing is written and `Ok(None)` sends the caller to the general builder,
 /// whose errors and edits then apply. `Ok(Some(chunked))`: written; the body goes chunked.
 /// Errors are the ones [`upstream_request`] returns first for the same request.
@@ -370,6 +413,8 @@ pub fn upstream_head(
     let websocket = src.version == Version::HTTP_11
         && upgrade.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let target = src.raw_path();
+    // pingora's serializer refuses a target with these bytes (`request_target_has_forbidden_byte`,
+    // private): such a request goes the general way and fails there.
     let plain_target = target.first() == Some(&b'/')
         && !target
             .iter()
@@ -377,7 +422,6 @@ pub fn upstream_head(
         && src.uri.authority().is_none()
         && std::str::from_utf8(target).is_ok_and(|t| src.uri == *t);
     if !plain_target
-        || websocket
         || super::decide::rewrite_path(
             src.uri.path_and_query().map_or("/", |p| p.as_str()),
             up.strip_prefix.as_deref(),
@@ -388,24 +432,15 @@ pub fn upstream_head(
         return Ok(None);
     }
     let fixed_host = match &up.host {
-        HostHeader::Fixed(h) => match HeaderValue::from_str(h) {
-            Ok(v) => Some(v),
-            Err(_) => return Ok(None),
-        },
-        _ => None,
+        HostHeader::Fixed(h) => Some(h),
+        HostHeader::Client => None,
     };
-    let host_going = fixed_host.as_ref().or(client_host);
+    let host_going = fixed_host.or(client_host);
     if (fixed_host.is_none() && hosts > 1)
         || host_going.is_some_and(|h| h.as_bytes().contains(&b'@'))
     {
         return Ok(None);
     }
-    let skipped = |name: &HeaderName| {
-        hop_by_hop(name)
-            || nominated.contains(name)
-            || *name == SECRET
-            || Some(name) == override_header
-    };
 
     // Sized once: the client's lines, the request line and switchyard's own headers.
     out.reserve(size + target.len() + 256);
@@ -413,61 +448,37 @@ pub fn upstream_head(
     out.put_u8(b' ');
     out.put_slice(target);
     out.put_slice(b" HTTP/1.1\r\n");
-    let (mut host_done, mut xff_done, mut xfp_done, mut xfh_done) = (false, false, false, false);
-    let mut length = false;
-    let mut last: Option<&HeaderName> = None;
-    for (name, value) in src.headers.iter() {
-        let repeat = last == Some(name);
-        last = Some(name);
-        if skipped(name) {
-            continue;
-        }
-        // Switchyard's headers replace every value the client sent, in the place of the first.
-        if *name == header::HOST && fixed_host.is_some() {
-            if !repeat {
-                put_line(out, name, fixed_host.as_ref().map_or(&[], |h| h.as_bytes()));
+    let edits = Edits {
+        nominated,
+        override_header,
+        fixed_host,
+        client_host,
+        authority_host: None,
+        forward_for: client_ip.is_some(),
+        websocket,
+    };
+    let (mut host_done, mut length) = (false, false);
+    forward_lines(src, &edits, |line| {
+        match line {
+            Line::Client(name, value) => {
+                host_done |= *name == header::HOST;
+                length |= *name == header::CONTENT_LENGTH;
+                put_line(out, name, value.as_bytes());
+            }
+            Line::Host(v) => {
                 host_done = true;
+                put_line(out, &header::HOST, v.as_bytes());
             }
-            continue;
-        }
-        if *name == X_FORWARDED_FOR && client_ip.is_some() {
-            if !repeat {
-                put_forwarded_for(out, prev_xff, client_ip);
-                xff_done = true;
+            Line::ForwardedFor => put_forwarded_for(out, prev_xff, client_ip),
+            Line::ForwardedProto => put_line(out, &X_FORWARDED_PROTO, proto(tls)),
+            Line::ForwardedHost(v) => put_line(out, &X_FORWARDED_HOST, v.as_bytes()),
+            Line::WebSocket => {
+                put_line(out, &header::CONNECTION, b"Upgrade");
+                put_line(out, &header::UPGRADE, b"websocket");
             }
-            continue;
         }
-        if *name == X_FORWARDED_PROTO {
-            if !repeat {
-                put_line(out, name, proto(tls));
-                xfp_done = true;
-            }
-            continue;
-        }
-        if *name == X_FORWARDED_HOST && client_host.is_some() {
-            if !repeat {
-                put_line(out, name, client_host.map_or(&[], |h| h.as_bytes()));
-                xfh_done = true;
-            }
-            continue;
-        }
-        host_done |= *name == header::HOST;
-        length |= *name == header::CONTENT_LENGTH;
-        put_line(out, name, value.as_bytes());
-    }
-    if let (false, Some(h)) = (host_done, &fixed_host) {
-        put_line(out, &header::HOST, h.as_bytes());
-        host_done = true;
-    }
-    if !xff_done && client_ip.is_some() {
-        put_forwarded_for(out, prev_xff, client_ip);
-    }
-    if !xfp_done {
-        put_line(out, &X_FORWARDED_PROTO, proto(tls));
-    }
-    if let (false, Some(h)) = (xfh_done, client_host) {
-        put_line(out, &X_FORWARDED_HOST, h.as_bytes());
-    }
+        Ok(())
+    })?;
     // pingora's post-filter step: a client `Host` dropped on the way comes back empty, and a
     // body without framing goes chunked.
     if client_host.is_some() && !host_done {
@@ -806,8 +817,8 @@ mod tests {
             }
             let mut up = upstream();
             up.host = match next(4) {
-                0 => HostHeader::Fixed("fixed.test".into()),
-                1 => HostHeader::Fixed("u@fixed.test".into()),
+                0 => HostHeader::Fixed(HeaderValue::from_static("fixed.test")),
+                1 => HostHeader::Fixed(HeaderValue::from_static("u@fixed.test")),
                 _ => HostHeader::Client,
             };
             if next(4) == 0 {
@@ -834,7 +845,9 @@ mod tests {
                     );
                     let te = r.headers.get(header::TRANSFER_ENCODING);
                     assert_eq!(chunked, te.is_some_and(|v| v == "chunked"), "case {case}");
-                    assert!(!r.headers.contains_key(header::CONNECTION), "case {case}");
+                    // No `Connection: close` goes upstream (the written head reports none).
+                    let connection = r.headers.get(header::CONNECTION);
+                    assert!(connection.is_none_or(|v| v == "Upgrade"), "case {case}");
                 }
                 (Ok(None), _) => {
                     general += 1;

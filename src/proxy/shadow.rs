@@ -729,9 +729,7 @@ async fn send(c: &Capture, up: &Upstream) -> Result<Answer, String> {
         h.insert(n.clone(), v.clone());
     }
     if let HostHeader::Fixed(host) = &up.host {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert(header::HOST, v);
-        }
+        h.insert(header::HOST, host.clone());
     }
     h.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
     let resp = super::shadow_client::send(up, addr, req).await?;

@@ -555,21 +555,34 @@ fn compile_upstream(
             d.err(file, subject, "sni", format!("{s:?} is not a host name"));
         }
     }
+    // The Host value is made once here: the request path copies it as it is.
     let host = match (&u.host, u.tls) {
-        (Some(h), _) => HostHeader::Fixed(h.clone()),
-        (None, true) => HostHeader::Fixed(sni.clone()),
+        (Some(h), _) => match http::HeaderValue::from_str(h) {
+            Ok(v) if !h.is_empty() => HostHeader::Fixed(v),
+            _ => {
+                d.err(
+                    file,
+                    subject,
+                    "host",
+                    format!("{h:?} is not a valid Host header"),
+                );
+                HostHeader::Client
+            }
+        },
+        (None, true) => match http::HeaderValue::from_str(&sni) {
+            Ok(v) => HostHeader::Fixed(v),
+            Err(_) => {
+                d.err(
+                    file,
+                    subject,
+                    "sni",
+                    format!("{sni:?} cannot be sent as the Host header"),
+                );
+                HostHeader::Client
+            }
+        },
         (None, false) => HostHeader::Client,
     };
-    if let Some(h) = &u.host {
-        if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
-            d.err(
-                file,
-                subject,
-                "host",
-                format!("{h:?} is not a valid Host header"),
-            );
-        }
-    }
     let prefix =
         |field: &str, v: &Option<String>, d: &mut Diags| match v.as_deref().map(normalize_prefix) {
             Some(Ok(p)) => p,

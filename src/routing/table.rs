@@ -107,8 +107,8 @@ impl Route {
 pub enum HostHeader {
     /// Pass the client's Host through.
     Client,
-    /// Always send this value.
-    Fixed(String),
+    /// Always send this value (checked once, when the table is compiled).
+    Fixed(http::HeaderValue),
 }
 
 /// One compiled upstream.
