@@ -193,11 +193,15 @@ impl Response {
             &mut heap
         };
         let mut len = 0;
+        // Whether a name came on more than one line (rare: then its lines are gathered).
+        let mut repeated = false;
         for (i, field) in fields.iter().enumerate() {
-            if !names[..len]
+            if names[..len]
                 .iter()
                 .any(|&l| self.same_name(&fields[l as usize], field))
             {
+                repeated = true;
+            } else {
                 names[len] = i as u16;
                 len += 1;
             }
@@ -220,9 +224,12 @@ impl Response {
         }
         for &l in &names[..len] {
             let first = &fields[l as usize];
-            for field in &fields[l as usize..] {
-                if self.same_name(first, field) {
-                    f(field);
+            f(first);
+            if repeated {
+                for field in &fields[l as usize + 1..] {
+                    if self.same_name(first, field) {
+                        f(field);
+                    }
                 }
             }
         }
@@ -909,13 +916,14 @@ impl Downstream {
         out.put_u8(b' ');
         out.put_slice(resp.slice(resp.reason));
         out.put_slice(b"\r\n");
-        let date = pingora::protocols::http::date::get_cached_date();
+        // Formatted once a second per thread, by the coarse clock (`super::clock`).
+        let date = super::clock::http_date();
         let (mut had_date, mut had_name) = (false, false);
         resp.client_fields(|f| match (f.kind, upstream_name) {
             (Kind::Date, _) => {
                 if !had_date {
                     had_date = true;
-                    put_field(out, b"Date", date.as_bytes());
+                    put_field(out, b"Date", &date);
                 }
             }
             (Kind::Upstream, Some(v)) => {
@@ -933,7 +941,7 @@ impl Downstream {
             put_field(out, super::UPSTREAM_HEADER.as_bytes(), v.as_bytes());
         }
         if !had_date {
-            put_field(out, b"Date", date.as_bytes());
+            put_field(out, b"Date", &date);
         }
         // The body's framing for the client, as pingora's server decides it from the
         // headers it writes.

@@ -6,6 +6,7 @@
 //! one; failures (`fail_to_connect`, `error_while_proxy`, a 5xx in `upstream_response_filter`)
 //! decide whether to move to the next; `logging` records metrics and the access log.
 
+pub mod clock;
 pub mod decide;
 pub mod edge;
 pub mod fast;

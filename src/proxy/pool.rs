@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pingora::protocols::Stream;
 use tokio::io::ReadBuf;
@@ -25,7 +25,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Idle {
     stream: Stream,
-    since: Instant,
+    /// When it was released, by the coarse monotonic clock ([`super::clock`]): its ages are
+    /// compared with a 60-second timeout, so a tick's lag does not matter.
+    since: Duration,
 }
 
 /// Hashes a key that already is a hash (`Peer::reuse_hash`) by taking it as it is: hashing it
@@ -60,7 +62,7 @@ thread_local! {
 pub fn take(key: u64) -> Option<Stream> {
     loop {
         let idle = POOL.with(|p| p.borrow_mut().get_mut(&key).and_then(Vec::pop))?;
-        if idle.since.elapsed() < IDLE_TIMEOUT {
+        if super::clock::coarse_monotonic().saturating_sub(idle.since) < IDLE_TIMEOUT {
             let mut stream = idle.stream;
             if quiet(&mut stream) {
                 return Some(stream);
@@ -78,7 +80,7 @@ pub fn put(key: u64, stream: Stream) {
         if list.len() < MAX_IDLE_PER_KEY {
             list.push(Idle {
                 stream,
-                since: Instant::now(),
+                since: super::clock::coarse_monotonic(),
             });
         }
     });
