@@ -8,7 +8,7 @@
 //! bench/RESULTS.md, session 8). They lag the precise clocks by at most one tick (1-4 ms).
 
 use std::cell::Cell;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Reads `clock` (a coarse clock: always available on Linux, never fails).
 fn read(clock: libc::clockid_t) -> Duration {
@@ -64,7 +64,7 @@ fn format_date(secs: u64) -> [u8; HTTP_DATE_LEN] {
 /// Seconds since the epoch by the precise clock (for tests).
 #[cfg(test)]
 fn precise_secs() -> u64 {
-    SystemTime::now()
+    std::time::SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
