@@ -13,6 +13,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -150,8 +151,13 @@ fn verdict(
 /// The phases change only while `request` is polled, in this task, and the watchdog is polled
 /// right after it: it sees each change at once and re-arms its single timer then, so a phase
 /// with nothing to watch costs no wake-ups.
-pub async fn guard<T>(
-    request: impl Future<Output = Option<T>>,
+///
+/// `request` is pinned by the caller (its layers here then move a pointer, not the future:
+/// measured, seven copies of it a request) in an `Option`, so that a rejected request is
+/// dropped here, inside the watch's scope, where its drop can still see why
+/// ([`dropped_reason`]). It is `None` afterwards if it was dropped.
+pub async fn guard<T, F: Future<Output = Option<T>>>(
+    mut request: Pin<&mut Option<F>>,
     limits: &Limits,
     head_deadline: Instant,
 ) -> Option<T> {
@@ -162,7 +168,10 @@ pub async fn guard<T>(
     };
     WATCH
         .scope(watch, async {
-            tokio::pin!(request);
+            let polled = std::future::poll_fn(|cx| match request.as_mut().as_pin_mut() {
+                Some(r) => r.poll(cx),
+                None => std::task::Poll::Ready(None),
+            });
             // The timer is made and registered only when a phase has something to watch: the
             // common request is past its head (`Free`) by the watchdog's first poll, and then
             // costs no timer at all.
@@ -194,17 +203,17 @@ pub async fn guard<T>(
                     return std::task::Poll::Pending;
                 }
             });
-            tokio::select! {
+            let rejected = tokio::select! {
                 biased;
-                r = &mut request => r,
-                r = watchdog => {
-                    // The request is dropped right after this, still in the scope.
-                    update(|_| Phase::Dropped(r.reason));
-                    METRICS.rejected.with_label_values(&[r.reason]).inc();
-                    tracing::debug!(reason = r.reason, "closing a client connection");
-                    None
-                }
-            }
+                r = polled => return r,
+                r = watchdog => r,
+            };
+            update(|_| Phase::Dropped(rejected.reason));
+            METRICS.rejected.with_label_values(&[rejected.reason]).inc();
+            tracing::debug!(reason = rejected.reason, "closing a client connection");
+            // Dropped here, still in the scope: its drop sees the reason.
+            request.set(None);
+            None
         })
         .await
 }
