@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Reads `clock` (a coarse clock: always available on Linux, never fails).
+/// Reads `clock` (the clocks used here are always available on Linux: it never fails).
 fn read(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -61,17 +61,16 @@ fn format_date(secs: u64) -> [u8; HTTP_DATE_LEN] {
     out
 }
 
-/// Seconds since the epoch by the precise clock (for tests).
-#[cfg(test)]
-fn precise_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Seconds since the epoch by the precise clock.
+    fn precise_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
 
     #[test]
     fn dates_are_http_dates_of_now() {
@@ -97,13 +96,7 @@ mod tests {
 
     #[test]
     fn the_coarse_clock_follows_the_precise_one() {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: as in `read`.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let precise = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        let precise = read(libc::CLOCK_MONOTONIC);
         let coarse = coarse_monotonic();
         // Never ahead of the precise clock, and behind it by at most a tick (10 ms at HZ=100).
         assert!(

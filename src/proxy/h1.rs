@@ -977,9 +977,12 @@ impl Downstream {
             return Ok(());
         }
         self.keepalive = false;
+        // The same date as every other fast-path answer (`super::clock`).
         resp.insert_header(
             header::DATE,
-            pingora::protocols::http::date::get_cached_date(),
+            HeaderValue::from_bytes(&super::clock::http_date()).map_err(|e| {
+                Error::because(ErrorType::InternalError, "HTTP date not a header value", e)
+            })?,
         )?;
         resp.insert_header(header::CONNECTION, "close")?;
         put_head(&mut self.out, &resp);
